@@ -1,0 +1,73 @@
+"""Grid geometry and conservative regridding against exact answers."""
+
+import numpy as np
+import pytest
+
+from weather.data import grid
+
+
+def _sphere_area(lat: np.ndarray, n_lon: int) -> float:
+    bounds = np.deg2rad(grid.latitude_bounds(lat))
+    # Unit sphere: area of a lat band is 2 pi (sin b1 - sin b0); n_lon cells share it.
+    return float(np.sum(2 * np.pi * np.diff(np.sin(bounds)) / n_lon) * n_lon)
+
+
+@pytest.mark.parametrize("n_lat", [4, 32, 33, 64])
+def test_equiangular_bands_cover_the_sphere(n_lat):
+    if n_lat == 33:  # with pole rows, as ERA5's 0.25 degree and WB2's *_with_poles grids
+        lat = np.linspace(-90, 90, n_lat)
+    else:
+        lat, _ = grid.equiangular_grid(n_lat, 2 * n_lat)
+    assert _sphere_area(lat, 2 * n_lat) == pytest.approx(4 * np.pi, rel=1e-12)
+    assert grid.cell_area_weights(lat).mean() == pytest.approx(1.0)
+
+
+def test_gaussian_cell_areas_equal_quadrature_weights():
+    lat, w = grid.gaussian_latitudes(48)
+    assert grid.is_gaussian(lat) and not grid.is_equiangular(lat)
+    np.testing.assert_allclose(grid.cell_area_weights(lat), w / w.mean(), rtol=1e-10)
+    assert _sphere_area(lat, 96) == pytest.approx(4 * np.pi, rel=1e-12)
+
+
+def test_equiangular_area_weights_match_analytic_band_areas():
+    lat, _ = grid.equiangular_grid(32, 64)
+    half = np.deg2rad(90 / 32)
+    exact = np.sin(np.deg2rad(lat) + half) - np.sin(np.deg2rad(lat) - half)
+    np.testing.assert_allclose(grid.cell_area_weights(lat), exact / exact.mean(), rtol=1e-12)
+
+
+def test_conservative_regridding_preserves_integral_and_constants():
+    rng = np.random.default_rng(0)
+    src_lat, _ = grid.gaussian_latitudes(64)
+    src_lon = np.arange(128) * 360 / 128
+    dst_lat, dst_lon = grid.equiangular_grid(32, 64)
+    regrid = grid.ConservativeRegridder.build(src_lat, src_lon, dst_lat, dst_lon)
+    field = rng.normal(size=(3, 64, 128))
+    out = regrid(field)
+    assert out.shape == (3, 32, 64)
+    integral_src = (grid.cell_area_weights(src_lat)[:, None] * field).mean(axis=(-2, -1))
+    integral_dst = (grid.cell_area_weights(dst_lat)[:, None] * out).mean(axis=(-2, -1))
+    np.testing.assert_allclose(integral_dst, integral_src, rtol=1e-12)
+    np.testing.assert_allclose(regrid(np.full((64, 128), 7.5)), 7.5, rtol=1e-12)
+
+
+def test_longitude_regridding_wraps_around_the_dateline():
+    # Target cell centred on 0 degrees spans [-2.8125, 2.8125]: half from source cells on each
+    # side of the dateline.
+    src_lon = np.arange(64) * 360 / 64 + 360 / 128  # cell edges on multiples of 5.625
+    dst_lon = np.arange(64) * 360 / 64
+    m = grid.longitude_regrid_matrix(src_lon, dst_lon)
+    assert m[0, 0] == pytest.approx(0.5) and m[0, -1] == pytest.approx(0.5)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0)
+
+
+def test_identity_regridding():
+    lat, lon = grid.equiangular_grid(8, 16)
+    regrid = grid.ConservativeRegridder.build(lat, lon, lat, lon)
+    np.testing.assert_allclose(regrid.lat_matrix, np.eye(8), atol=1e-12)
+    np.testing.assert_allclose(regrid.lon_matrix, np.eye(16), atol=1e-12)
+
+
+def test_bad_latitudes_are_rejected():
+    with pytest.raises(ValueError, match="ascending"):
+        grid.latitude_bounds(np.array([10.0, 0.0]))
