@@ -5,6 +5,7 @@ import pytest
 import xarray as xr
 
 from weather.data.errors import ArchiveError
+from weather.data.reader import open_archive
 from weather.sim.dynamics import SimulationConfig, year_phase_seconds
 from weather.sim.simulate import RunSpec, _check_finite, read_progress, simulate
 
@@ -47,6 +48,11 @@ def test_archive_is_canonical_for_plain_xarray(reference):
     assert read_progress(reference)["complete"] is True
     native = xr.open_zarr(reference, group="native")
     assert native.sizes["latitude"] == 32 and native.sizes["longitude"] == 64
+    # The archive reader finds it already canonical: same arrays, same order.
+    canonical = open_archive(reference).load()
+    for name in ds.data_vars:
+        np.testing.assert_array_equal(canonical[name].values, ds[name].values)
+        assert canonical[name].dims == ds[name].dims
 
 
 def test_physical_ranges(reference):

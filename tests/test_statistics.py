@@ -12,6 +12,7 @@ from dask.callbacks import Callback
 
 from weather.data import statistics
 from weather.data.errors import ArchiveError
+from weather.data.grid import cell_area_weights
 
 LEVEL_VARS = ("geopotential", "temperature")
 ALL_VARS = (*LEVEL_VARS, "surface_pressure", "geopotential_at_surface")
@@ -69,7 +70,7 @@ def brute_force(
     """Two-pass float64 statistics, with 12 h pairs found by looping over time labels."""
     x = ds[name].values.astype(np.float64)
     lat = ds["latitude"].values
-    w = np.clip(np.cos(np.deg2rad(lat)), 0, None) if weighted else np.ones_like(lat)
+    w = cell_area_weights(lat) if weighted else np.ones_like(lat)
 
     def mean_std(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # a: [sample, (level,) lat, lon] -> per level

@@ -150,7 +150,7 @@ def test_lead_pairs_are_12_hours_apart_inside_the_split() -> None:
 @pytest.mark.parametrize(
     ("time", "match"),
     [
-        (START + np.arange(10) * 5 * HOUR, "step of 5 h, which does not divide the 12 h lead"),
+        (START + np.arange(10) * 5 * HOUR, "step of 5 h, which does not divide 12 h"),
         (START + np.arange(10) * 24 * HOUR, "step of 24 h, which does not divide"),
         (START + np.array([0, 4, 10]) * HOUR, "irregular"),
         (START + np.array([0, 12, 6]) * HOUR, "strictly increasing"),

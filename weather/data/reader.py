@@ -17,23 +17,22 @@ memory opens. Every problem raises `ArchiveError` naming the variable or coordin
 
 from __future__ import annotations
 
-import datetime
 import os
 from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import dask
 import dask.utils
 import numpy as np
-import pandas as pd
 import xarray as xr
 
+from weather.data import times as times_lib
 from weather.data import variables as catalogue
 from weather.data.errors import ArchiveError
+from weather.data.times import TimeLike, format_hours, format_times, to_datetime64
 
 Source = str | os.PathLike[str] | xr.Dataset
-TimeLike = str | np.datetime64 | datetime.datetime
 Chunks = Literal["auto"] | dict[str, int | Literal["auto"]] | None
 
 CANONICAL_DIMS: tuple[str, ...] = ("member", "time", "level", "latitude", "longitude")
@@ -167,38 +166,11 @@ def time_step(ds: xr.Dataset) -> np.timedelta64:
       Larger differences (gaps) are allowed here when they are multiples of it.
 
     Raises:
-      ArchiveError: no time coordinate, duplicated or decreasing times, a step that does not
-        divide 12 h, or differences that are not multiples of one step.
+      ArchiveError: no time coordinate, or a time axis `weather.data.times.time_step` rejects.
     """
     if "time" not in ds.coords or ds["time"].ndim != 1:
         raise ArchiveError("coordinate 'time' is missing: the archive has only static fields")
-    times = ds["time"].values.astype("datetime64[ns]")
-    if times.size < 2:
-        raise ArchiveError(f"coordinate 'time' has {times.size} value(s); a step needs at least 2")
-    unique, counts = np.unique(times, return_counts=True)
-    if np.any(counts > 1):
-        raise ArchiveError(f"coordinate 'time' has duplicated values: {_fmt(unique[counts > 1])}")
-    diffs = np.diff(times)
-    if np.any(diffs < np.timedelta64(0)):
-        i = int(np.argmax(diffs < np.timedelta64(0)))
-        raise ArchiveError(
-            f"coordinate 'time' is not increasing: {_fmt([times[i]])} is followed "
-            f"by {_fmt([times[i + 1]])}"
-        )
-    step = diffs.min()
-    twelve_hours = np.timedelta64(12, "h").astype("timedelta64[ns]")
-    if twelve_hours % step != np.timedelta64(0):
-        raise ArchiveError(
-            f"coordinate 'time' has a step of {_hours(step)}, which does not divide "
-            "12 h; the task can use steps of 1, 2, 3, 4, 6 or 12 h"
-        )
-    irregular = diffs[diffs % step != np.timedelta64(0)]
-    if irregular.size:
-        raise ArchiveError(
-            f"coordinate 'time' is irregular: a difference of {_hours(irregular[0])}"
-            f" is not a multiple of the smallest step {_hours(step)}"
-        )
-    return np.timedelta64(step, "ns")
+    return times_lib.time_step(ds["time"].values)
 
 
 def select_window(
@@ -233,24 +205,27 @@ def select_window(
     step = archive_step if step is None else np.timedelta64(step, "ns")
     if step <= np.timedelta64(0) or step % archive_step != np.timedelta64(0):
         raise ArchiveError(
-            f"window step {_hours(step)} is not a positive multiple of the step of "
-            f"coordinate 'time', {_hours(archive_step)}"
+            f"window step {format_hours(step)} is not a positive multiple of the step of "
+            f"coordinate 'time', {format_hours(archive_step)}"
         )
-    first, last = _datetime(start), _datetime(end)
+    first, last = to_datetime64(start, "window start"), to_datetime64(end, "window end")
     if last < first:
-        raise ArchiveError(f"window end {_fmt([last])} is before its start {_fmt([first])}")
+        raise ArchiveError(
+            f"window end {format_times([last])} is before its start {format_times([first])}"
+        )
     if (last - first) % step != np.timedelta64(0):
         raise ArchiveError(
-            f"window {_fmt([first])} to {_fmt([last])} is not a whole number of "
-            f"{_hours(step)} steps"
+            f"window {format_times([first])} to {format_times([last])} is not a whole number of "
+            f"{format_hours(step)} steps"
         )
     wanted = np.arange(first, last + step, step)
     missing = np.setdiff1d(wanted, ds["time"].values)
     if missing.size:
         raise ArchiveError(
-            f"coordinate 'time' lacks {missing.size} time(s) of the window {_fmt([first])} to "
-            f"{_fmt([last])}: {_fmt(missing)}; the archive spans {_fmt(ds['time'].values[:1])} to "
-            f"{_fmt(ds['time'].values[-1:])}"
+            f"coordinate 'time' lacks {missing.size} time(s) of the window "
+            f"{format_times([first])} to {format_times([last])}: {format_times(missing)}; "
+            f"the archive spans {format_times(ds['time'].values[:1])} to "
+            f"{format_times(ds['time'].values[-1:])}"
         )
     window = ds.sel(time=wanted)
     if check_finite:
@@ -565,30 +540,5 @@ def _check_finite(window: xr.Dataset) -> None:
         if times.size:
             raise ArchiveError(
                 f"variable {name!r} has NaN or infinite values at "
-                f"{times.size} time(s), first at {_fmt(times[:1])}"
+                f"{times.size} time(s), first at {format_times(times[:1])}"
             )
-
-
-def _datetime(value: TimeLike) -> np.datetime64:
-    """A window bound as naive UTC datetime64[ns]."""
-    try:
-        timestamp = pd.Timestamp(value)
-    except ValueError as error:
-        raise ArchiveError(f"window time {value!r} is not a date and time: {error}") from error
-    if timestamp.tzinfo is not None:
-        timestamp = timestamp.tz_convert("UTC").tz_localize(None)
-    return timestamp.as_unit("ns").to_datetime64()
-
-
-def _fmt(times: Iterable[Any]) -> str:
-    """Short, readable values for messages (first 10 only)."""
-    items = list(times)
-    text = ", ".join(
-        str(np.datetime_as_string(t, unit="m")) if isinstance(t, np.datetime64) else str(t)
-        for t in items[:10]
-    )
-    return f"[{text}{', ...' if len(items) > 10 else ''}]"
-
-
-def _hours(delta: np.timedelta64) -> str:
-    return f"{delta / np.timedelta64(1, 'h'):g} h"

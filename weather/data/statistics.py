@@ -5,9 +5,9 @@ diffusion target, the residual ``x(t+12h) - x(t)``, by the standard deviation of
 This module computes the three lazily (one dask graph, one ``compute``, each chunk read once) over a
 chosen period of a canonical archive, and saves them to / loads them from NetCDF.
 
-Definitions, for a field ``x`` with area weights ``w(lat)`` (``cos(latitude)`` by default, 1 with
-``area_weighted=False``), over all times ``t`` in ``[start, end]``, latitudes and longitudes, and
-separately for each level:
+Definitions, for a field ``x`` with area weights ``w(lat)`` (the grid's cell areas,
+``weather.data.grid.cell_area_weights``, by default; 1 with ``area_weighted=False``), over all
+times ``t`` in ``[start, end]``, latitudes and longitudes, and separately for each level:
 
 - ``mean = sum w x / sum w``;
 - ``std = sqrt(sum w (x - mean)^2 / sum w)`` (population std, ddof 0);
@@ -46,14 +46,10 @@ import numpy as np
 import xarray as xr
 
 from weather.data.errors import ArchiveError
-from weather.data.windows import (
-    LEAD,
-    TimeLike,
-    archive_step,
-    canonical_field,
-    lead_pairs,
-    to_datetime64,
-)
+from weather.data.grid import cell_area_weights
+from weather.data.times import LEAD, TimeLike, to_datetime64
+from weather.data.times import time_step as archive_step
+from weather.data.windows import canonical_field, lead_pairs
 
 STATISTICS_VERSION = 1
 STD_REL_FLOOR = 1e-6
@@ -128,7 +124,7 @@ def compute_statistics(
       start, end: the period, inclusive (anything ``numpy.datetime64`` parses, UTC); static fields
         ignore it.
       levels: pressure levels (hPa) to keep; None keeps all.
-      area_weighted: weight by ``cos(latitude)`` (the default) or count every grid point equally.
+      area_weighted: weight by cell area (the default) or count every grid point equally.
       source: where the archive came from, recorded in the attrs.
 
     Returns:
@@ -158,8 +154,9 @@ def compute_statistics(
     if area_weighted:
         if np.any(np.abs(latitude) > 90):
             raise ArchiveError("coordinate 'latitude' has values outside [-90, 90]")
-        # cos(±90°) is ~6e-17, not 0; clip so rounding never yields a negative weight.
-        w = np.clip(np.cos(np.deg2rad(latitude)), 0.0, None)
+        # Exact cell areas (the same weights as the loss and the scores), right for equiangular
+        # grids with or without pole rows and for Gaussian grids.
+        w = cell_area_weights(latitude)
     else:
         w = np.ones_like(latitude)
     if not w.sum() > 0:

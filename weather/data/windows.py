@@ -33,12 +33,11 @@ Latitude, longitude and level keep the archive's (canonical, ascending) order.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Generic, TypedDict, TypeVar, cast
+from typing import Generic, TypedDict, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -46,40 +45,17 @@ import xarray as xr
 
 from weather.data import forcings as forcings_lib
 from weather.data.errors import ArchiveError
+from weather.data.times import LEAD, TimeLike, to_datetime64
+from weather.data.times import time_step as archive_step
 from weather.data.variables import (
     SIMULATED_LEVEL_VARIABLES,
     SIMULATED_STATIC_VARIABLES,
     SIMULATED_SURFACE_VARIABLES,
 )
 
-# GenCast's step: inputs at t-12h and t, target at t+12h.
-LEAD = np.timedelta64(12, "h")
-
 LEVEL_DIMS = ("time", "level", "latitude", "longitude")
 SURFACE_DIMS = ("time", "latitude", "longitude")
 STATIC_DIMS = ("latitude", "longitude")
-
-# ISO strings, datetime64 scalars, datetime.datetime (and so pd.Timestamp); always UTC.
-TimeLike = str | np.datetime64 | datetime.date
-
-
-def to_datetime64(value: TimeLike, what: str = "time") -> np.datetime64:
-    """``value`` (ISO string, datetime64, datetime) as a ``datetime64[ns]`` scalar.
-
-    Raises:
-      ArchiveError: naming ``what`` when the value is not a date-time (numbers are refused rather
-        than read as nanoseconds since 1970).
-    """
-    if not isinstance(value, str | np.datetime64 | datetime.date):
-        raise ArchiveError(f"{what} {value!r} is not a date-time")
-    try:
-        # Through an array: numpy parses strings and datetimes alike and keeps nanoseconds.
-        out = cast(np.datetime64, np.asarray(value).astype("datetime64[ns]")[()])
-    except ValueError as error:
-        raise ArchiveError(f"{what} {value!r} is not a date-time ({error})") from None
-    if np.isnat(out):
-        raise ArchiveError(f"{what} is NaT, not a date-time")
-    return out
 
 
 def _time_axis(time: npt.ArrayLike) -> npt.NDArray[np.datetime64]:
@@ -94,43 +70,6 @@ def _time_axis(time: npt.ArrayLike) -> npt.NDArray[np.datetime64]:
     if (np.diff(t) <= np.timedelta64(0, "ns")).any():
         raise ArchiveError("coordinate 'time' must be strictly increasing (sorted, no duplicates)")
     return t
-
-
-def archive_step(time: npt.ArrayLike) -> np.timedelta64:
-    """The archive's time step: the smallest spacing between consecutive times.
-
-    Gaps (missing times) only make some spacings larger, so the minimum is the step; every spacing
-    must be a whole number of steps, and the step must divide the 12 h lead.
-
-    Args:
-      time: ``[time]`` datetime64, strictly increasing.
-
-    Returns:
-      the step as ``timedelta64[ns]``.
-
-    Raises:
-      ArchiveError: fewer than two times, unsorted or duplicate times, spacings that are not
-        multiples of the step, or a step that does not divide 12 h.
-    """
-    t = _time_axis(time)
-    if t.size < 2:
-        raise ArchiveError(f"coordinate 'time' has {t.size} value(s); a step needs at least 2")
-    spacing = np.diff(t)
-    step = spacing.min()
-    if (spacing % step != np.timedelta64(0, "ns")).any():
-        raise ArchiveError(
-            f"coordinate 'time' is irregular: a spacing is not a multiple of the step "
-            f"{_hours(step)}"
-        )
-    if LEAD % step != np.timedelta64(0, "ns"):
-        raise ArchiveError(
-            f"coordinate 'time' has a step of {_hours(step)}, which does not divide the 12 h lead"
-        )
-    return step.astype("timedelta64[ns]")
-
-
-def _hours(delta: np.timedelta64) -> str:
-    return f"{delta / np.timedelta64(1, 'h'):g} h"
 
 
 def _positions(t: npt.NDArray[np.datetime64], wanted: npt.NDArray[np.datetime64]) -> np.ndarray:

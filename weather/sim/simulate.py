@@ -385,7 +385,8 @@ def _spun_up_state(
     while doneb < total:
         n = min(block, total - doneb)
         state = model.set_time(state, begin + np.timedelta64(cfg.output_hours, "h") * doneb)
-        state = model.spin(state, n)
+        # Block so that the progress bar reports computed, not merely dispatched, days.
+        state = jax.block_until_ready(model.spin(state, n))
         doneb += n
         if bar is not None:
             bar.update(n / per_day)

@@ -1,0 +1,1 @@
+"""Diffusion model: EDM preconditioning and loss, spherical noise, DPM-Solver++ 2S sampler."""
