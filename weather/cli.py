@@ -7,8 +7,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATA_DIR = Path("data")
+DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "checkpoint.msgpack"
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -168,6 +170,188 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train (or resume) a diffusion forecaster on an archive",
+        description="Train a forecaster. Run the same command again to resume from the run "
+        "directory's checkpoint.",
+    )
+    p.add_argument("--train-archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/train.zarr")
+    p.add_argument("--train-period", help="START,END (default: the whole training archive)")
+    p.add_argument("--val-archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/val.zarr")
+    p.add_argument("--val-period", help="START,END (default: the whole validation archive)")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_DATA_DIR / "runs/default")
+    p.add_argument(
+        "--statistics",
+        type=Path,
+        help="normalisation statistics (default: computed over the training period)",
+    )
+    p.add_argument("--arch", choices=["transformer", "unet"], default="transformer")
+    p.add_argument("--d-model", type=int, default=256, help="transformer width")
+    p.add_argument("--layers", type=int, default=8, help="transformer blocks")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--patch", type=int, default=2, help="transformer patch size")
+    p.add_argument("--levels", help="comma-separated model levels (default: all archive levels)")
+    p.add_argument("--noise", choices=["spherical", "iid"], default="spherical")
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _period(text: str | None, ds: Any) -> tuple[Any, Any]:
+    if text:
+        start, end = text.split(",")
+        return start.strip(), end.strip()
+    return ds["time"].values[0], ds["time"].values[-1]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from weather.data.reader import open_archive
+    from weather.data.statistics import compute_statistics, load_statistics, save_statistics
+    from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
+    from weather.model.denoiser import ModelConfig
+    from weather.model.task import TaskConfig
+    from weather.model.train import TrainConfig, train
+
+    train_ds = open_archive(args.train_archive)
+    train_period = _period(args.train_period, train_ds)
+    val_ds = open_archive(args.val_archive) if args.val_archive.exists() else None
+    val_period = _period(args.val_period, val_ds) if val_ds is not None else None
+    levels = (
+        tuple(int(x) for x in args.levels.split(","))
+        if args.levels
+        else tuple(int(x) for x in train_ds["level"].values)
+    )
+    task = TaskConfig(levels=levels)
+    stats_path = args.statistics or args.run_dir / "statistics.nc"
+    if stats_path.exists():
+        stats = load_statistics(stats_path)
+    else:
+        names = [*task.level_variables, *task.surface_variables, *task.static_variables]
+        stats = compute_statistics(
+            train_ds,
+            names,
+            start=train_period[0],
+            end=train_period[1],
+            source=str(args.train_archive),
+        )
+        save_statistics(stats, stats_path)
+    if args.arch == "transformer":
+        backbone: Any = SphereTransformerConfig(
+            patch_size=args.patch,
+            d_model=args.d_model,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            compute_dtype=args.compute_dtype,
+        )
+    else:
+        backbone = SphereUNetConfig(compute_dtype=args.compute_dtype)
+    model_config = ModelConfig(task=task, backbone=backbone, noise=args.noise)
+    train_config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        peak_learning_rate=args.lr,
+        warmup_steps=min(args.warmup, args.steps // 10),
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
+    path = train(
+        run_dir=args.run_dir,
+        model_config=model_config,
+        train_config=train_config,
+        train_data=train_ds,
+        train_period=train_period,
+        statistics=stats,
+        validation_data=val_ds,
+        validation_period=val_period,
+        progress=not args.quiet,
+        metadata={
+            "train_archive": str(args.train_archive),
+            "train_period": [str(x) for x in train_period],
+            "val_archive": str(args.val_archive),
+        },
+    )
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _add_forecast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "forecast",
+        help="run an ensemble forecast from a checkpoint and an analysis archive",
+        description="Roll an ensemble out from the analysis at --init and write it to --out "
+        "(Zarr, dims member, init_time, lead_time, level, latitude, longitude).",
+    )
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/test.zarr")
+    p.add_argument("--init", required=True, help="initial time, ISO 8601 UTC")
+    p.add_argument("--lead", default="15d", help="hours, '15d', '36h' or ISO 8601 (default 15d)")
+    p.add_argument("--members", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler-steps", type=int, help="noise levels N (default: the model's)")
+    p.add_argument("--chunk-steps", type=int, default=5, help="12 h steps per compiled chunk")
+    p.add_argument(
+        "--perturb",
+        type=float,
+        default=0.0,
+        help="initial-condition noise, in stds of 12 h differences (default off)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="Zarr store to create")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from weather.data.reader import open_archive
+    from weather.forecast import forecast, load_forecaster, parse_lead
+    from weather.model.rollout import RolloutConfig
+
+    model = load_forecaster(args.checkpoint)
+    sampler = model.forecaster.config.sampler
+    if args.sampler_steps:
+        sampler = dataclasses.replace(sampler, num_steps=args.sampler_steps)
+    rollout = RolloutConfig(
+        chunk_steps=args.chunk_steps, initial_perturbation=args.perturb, sampler=sampler
+    )
+    steps = int(parse_lead(args.lead) // np.timedelta64(12, "h"))
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="forecast", unit="step")
+
+    def on_chunk(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    ds = forecast(
+        model,
+        open_archive(args.archive),
+        init_time=args.init,
+        lead=args.lead,
+        members=args.members,
+        seed=args.seed,
+        rollout=rollout,
+        out=args.out,
+        on_chunk=on_chunk,
+    )
+    if bar is not None:
+        bar.close()
+    print(f"wrote {args.out}: {dict(ds.sizes)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weather", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(data_sub)
     _add_check(data_sub)
     _add_stats(data_sub)
+    _add_train(commands)
+    _add_forecast(commands)
     _add_demo(commands)
     return parser
 
@@ -187,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("data", "check"): _check,
         ("data", "stats"): _stats,
         ("demo", ""): _demo,
+        ("train", ""): _train,
+        ("forecast", ""): _forecast,
     }
     key = (str(args.command), str(getattr(args, "data_command", "")))
     from weather.data.errors import ArchiveError

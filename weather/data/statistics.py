@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -258,6 +259,8 @@ def save_statistics(stats: xr.Dataset, path: str | os.PathLike[str]) -> None:
             f"attribute 'statistics_version' is {stats.attrs.get('statistics_version')!r}; "
             f"only statistics of version {STATISTICS_VERSION} can be saved"
         )
+    # netCDF reports a missing folder as "Permission denied"; make it instead.
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     stats.to_netcdf(path)
 
 

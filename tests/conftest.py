@@ -1,0 +1,97 @@
+"""Shared fixtures: a small synthetic canonical archive and a tiny forecaster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from weather.data.grid import equiangular_grid
+
+LEVELS = (500, 850)
+
+
+def synthetic_archive(
+    n_lat: int = 16, n_lon: int = 32, days: float = 12, start: str = "2001-01-01", seed: int = 0
+) -> xr.Dataset:
+    """A canonical 6-hourly archive of travelling waves plus noise, in physical units."""
+    rng = np.random.default_rng(seed)
+    lat, lon = equiangular_grid(n_lat, n_lon)
+    n_t = int(days * 4)
+    time = np.datetime64(start, "ns") + np.timedelta64(6, "h") * np.arange(n_t)
+    t = np.arange(n_t)[:, None, None] * 0.25  # days
+    phi, lam = np.deg2rad(lat)[None, :, None], np.deg2rad(lon)[None, None, :]
+    wave = np.cos(3 * lam - 0.6 * t) * np.cos(phi) ** 2 + 0.5 * np.sin(2 * lam + 0.3 * t) * np.cos(
+        phi
+    )
+    noise = lambda: 0.1 * rng.standard_normal((n_t, n_lat, n_lon))  # noqa: E731
+    base = {
+        "geopotential": (np.array([5.5e4, 1.4e4]), np.array([800.0, 500.0])),
+        "temperature": (np.array([255.0, 280.0]), np.array([8.0, 10.0])),
+        "u_component_of_wind": (np.array([15.0, 5.0]), np.array([10.0, 6.0])),
+        "v_component_of_wind": (np.array([0.0, 0.0]), np.array([8.0, 5.0])),
+    }
+    data = {}
+    for name, (mean, amp) in base.items():
+        field = [mean[i] + amp[i] * (wave + noise()) * (1 + 0.2 * i) for i in range(len(LEVELS))]
+        data[name] = (("time", "level", "latitude", "longitude"), np.stack(field, 1).astype("f4"))
+    sp = 1.0e5 + 800.0 * (wave + noise())
+    data["surface_pressure"] = (("time", "latitude", "longitude"), sp.astype("f4"))
+    zs = 9.8 * 500 * np.clip(np.cos(phi[0]) * np.sin(2 * lam[0]), 0, None)
+    data["geopotential_at_surface"] = (("latitude", "longitude"), zs.astype("f4"))
+    ds = xr.Dataset(
+        data,
+        coords={
+            "time": time,
+            "level": np.asarray(LEVELS, np.int64),
+            "latitude": lat,
+            "longitude": lon,
+        },
+    )
+    units = {
+        "geopotential": "m2 s-2",
+        "temperature": "K",
+        "u_component_of_wind": "m s-1",
+        "v_component_of_wind": "m s-1",
+        "surface_pressure": "Pa",
+        "geopotential_at_surface": "m2 s-2",
+    }
+    for name, u in units.items():
+        ds[name].attrs["units"] = u
+    return ds
+
+
+@pytest.fixture(scope="session")
+def archive() -> xr.Dataset:
+    return synthetic_archive()
+
+
+def tiny_model_config(**sampler):  # type: ignore[no-untyped-def]
+    from weather.model.backbone import SphereTransformerConfig
+    from weather.model.denoiser import ModelConfig
+    from weather.model.sampler import SamplerConfig
+    from weather.model.task import TaskConfig
+
+    return ModelConfig(
+        task=TaskConfig(levels=LEVELS),
+        backbone=SphereTransformerConfig(
+            patch_size=2,
+            d_model=32,
+            num_layers=1,
+            num_heads=2,
+            mlp_ratio=2,
+            conditioning_dim=32,
+            noise_frequencies=8,
+        ),
+        sampler=SamplerConfig(**{"num_steps": 4, **sampler}),
+    )
+
+
+@pytest.fixture(scope="session")
+def statistics(archive):  # type: ignore[no-untyped-def]
+    from weather.data.statistics import compute_statistics
+
+    names = [str(v) for v in archive.data_vars]
+    return compute_statistics(
+        archive, names, start=archive.time.values[0], end=archive.time.values[-1]
+    )

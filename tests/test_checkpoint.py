@@ -1,0 +1,43 @@
+"""Checkpoint files: exact round trip, refusal of anything else."""
+
+import numpy as np
+import pytest
+
+from weather.model.checkpoint import load_checkpoint, save_checkpoint
+
+
+def test_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    params = {
+        "params": {
+            "dense": {"kernel": rng.normal(size=(3, 4)).astype("f4"), "bias": np.zeros(4, "f4")}
+        }
+    }
+    norm = {"mean": rng.normal(size=5).astype("f4")}
+    configs = {"model": {"a": [1, 2], "b": "x"}, "grid": {"latitude": [1.5, 2.5]}}
+    path = save_checkpoint(
+        tmp_path / "c.msgpack",
+        configs=configs,
+        normalization=norm,
+        params=params,
+        metadata={"note": "hi"},
+        train={"step": 7},
+    )
+    saved = load_checkpoint(path)
+    assert saved["configs"] == configs
+    assert saved["metadata"] == {"note": "hi"}
+    assert saved["train"]["step"] == 7
+    np.testing.assert_array_equal(
+        saved["params"]["params"]["dense"]["kernel"], params["params"]["dense"]["kernel"]
+    )
+    np.testing.assert_array_equal(saved["normalization"]["mean"], norm["mean"])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_garbage_and_missing_files_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        load_checkpoint(tmp_path / "nope.msgpack")
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(b"\x00\x01not msgpack at all")
+    with pytest.raises(ValueError, match=r"bad\.msgpack"):
+        load_checkpoint(bad)

@@ -1,0 +1,296 @@
+"""The functional inference entry point: checkpoint + analysis archive -> ensemble forecast.
+
+`load_forecaster` rebuilds the model from a checkpoint; `forecast` reads the two analysis states
+at ``init - 12h`` and ``init``, rolls the ensemble out chunk by chunk, and either returns the
+forecast as an `xarray.Dataset` or streams each chunk of leads into a Zarr store as it is produced.
+
+Forecast layout (WeatherBench2 style, physical units, canonical names): dims
+``member, init_time, lead_time, level, latitude, longitude`` for level fields and
+``member, init_time, lead_time, latitude, longitude`` for surface fields; ``lead_time`` is a
+timedelta (12 h, 24 h, ...), ``member`` carries ``standard_name: realization``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from flax import serialization
+
+from weather.data.errors import ArchiveError
+from weather.data.reader import select_window
+from weather.data.times import TimeLike, to_datetime64
+from weather.data.variables import CATALOGUE
+from weather.model.checkpoint import load_checkpoint
+from weather.model.denoiser import Forecaster, ModelConfig
+from weather.model.rollout import Roller, RolloutConfig
+from weather.model.task import Normalization, channels_to_state, state_to_channels
+from weather.model.train import static_channels
+
+STEP = np.timedelta64(12, "h")
+MAX_LEAD = np.timedelta64(15, "D")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    forecaster: Forecaster
+    params: Any
+    metadata: dict[str, Any]
+    path: str
+
+
+def load_forecaster(path: str | Path) -> LoadedModel:
+    """Rebuild a forecaster and its (EMA) parameters from a checkpoint file."""
+    saved = load_checkpoint(path)
+    configs = saved["configs"]
+    model_config = ModelConfig.from_dict(configs["model"])
+    norm = Normalization.from_dict(saved["normalization"])
+    grid = configs["grid"]
+    forecaster = Forecaster(
+        model_config, norm, np.asarray(grid["latitude"]), np.asarray(grid["longitude"])
+    )
+    import jax
+
+    template = forecaster.init_params(jax.random.PRNGKey(0))
+    params = serialization.from_state_dict(template, saved["params"])
+    return LoadedModel(forecaster, params, saved["metadata"], str(path))
+
+
+def parse_lead(lead: str | float | int | np.timedelta64) -> np.timedelta64:
+    """A lead time from hours (number), ``"15d"``/``"36h"``, or ISO 8601 (``"P15D"``, ``"PT36H"``).
+
+    Raises:
+      ValueError: naming the lead and why (not a duration, not a positive multiple of 12 h, or
+        beyond 15 days).
+    """
+    import pandas as pd
+
+    if isinstance(lead, np.timedelta64):
+        td = lead.astype("timedelta64[ns]")
+    elif isinstance(lead, int | float):
+        td = np.timedelta64(round(float(lead) * 3600), "s").astype("timedelta64[ns]")
+    else:
+        text = str(lead).strip()
+        compact = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([dDhH]?)", text)
+        if compact:
+            # Plain numbers are hours; "15d" and "36h" are days and hours.
+            hours = float(compact.group(1)) * (24 if compact.group(2) in ("d", "D") else 1)
+            td = np.timedelta64(round(hours * 3600), "s").astype("timedelta64[ns]")
+        elif text.upper().startswith("P"):
+            try:
+                td = pd.Timedelta(text.upper()).to_timedelta64()
+            except ValueError as error:
+                raise ValueError(f"lead {lead!r}: not an ISO 8601 duration ({error})") from None
+        else:
+            raise ValueError(
+                f"lead {lead!r}: not a duration (give hours, '15d', '36h' or ISO 'P15D')"
+            )
+    if td <= np.timedelta64(0) or td % STEP != np.timedelta64(0):
+        raise ValueError(f"lead {lead!r}: must be a positive multiple of 12 h")
+    if td > MAX_LEAD:
+        raise ValueError(f"lead {lead!r}: at most 15 days")
+    return td
+
+
+def initial_states(
+    archive: xr.Dataset, forecaster: Forecaster, init_time: TimeLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(previous, current, static) channels from a canonical archive, physical units.
+
+    Raises:
+      ArchiveError: the init time or the time 12 h before is missing (naming the available
+        range), a variable or level the model needs is absent, or the grid differs from the
+        model's.
+    """
+    task = forecaster.task
+    t = to_datetime64(init_time, "init_time")
+    for name in (*task.level_variables, *task.surface_variables, *task.static_variables):
+        if name not in archive:
+            raise ArchiveError(f"variable {name!r} is missing from the archive; the model needs it")
+    for coord, mine in (("latitude", forecaster.latitude), ("longitude", forecaster.longitude)):
+        theirs = archive[coord].values
+        if theirs.shape != mine.shape or not np.allclose(theirs, mine, atol=1e-6):
+            raise ArchiveError(
+                f"coordinate {coord!r}: the archive's grid ({theirs.size} points) is not the "
+                f"model's ({mine.size} points)"
+            )
+    times = archive["time"].values
+    for needed in (t - STEP, t):
+        if needed not in times:
+            raise ArchiveError(
+                f"init_time {np.datetime_as_string(t, unit='m')}: the analysis needs "
+                f"{np.datetime_as_string(needed, unit='m')}, which the archive lacks; it has "
+                f"{np.datetime_as_string(times[0], unit='m')} to "
+                f"{np.datetime_as_string(times[-1], unit='m')} (the first usable init is 12 h "
+                "after its start)"
+            )
+    names = [*task.level_variables, *task.surface_variables]
+    window = select_window(archive[names].sel(level=list(task.levels)), t - STEP, t, step=STEP)
+    fields = {n: window[n].values for n in names}
+    both = state_to_channels(task, fields)  # [2, H, W, C]
+    return both[0], both[1], static_channels(archive, forecaster)
+
+
+def _forecast_template(
+    forecaster: Forecaster,
+    init: np.datetime64,
+    leads: np.ndarray,
+    members: np.ndarray,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    import dask.array as da
+
+    task = forecaster.task
+    lat, lon = forecaster.latitude, forecaster.longitude
+    m, s = members.size, leads.size
+    levels = np.asarray(task.levels)
+    data_vars: dict[str, Any] = {}
+    for name in task.level_variables:
+        shape = (m, 1, s, levels.size, lat.size, lon.size)
+        chunks = (m, 1, 1, levels.size, lat.size, lon.size)
+        data_vars[name] = (
+            ("member", "init_time", "lead_time", "level", "latitude", "longitude"),
+            da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
+        )
+    for name in task.surface_variables:
+        surface_shape = (m, 1, s, lat.size, lon.size)
+        data_vars[name] = (
+            ("member", "init_time", "lead_time", "latitude", "longitude"),
+            da.full(surface_shape, np.nan, dtype=np.float32, chunks=(m, 1, 1, lat.size, lon.size)),
+        )
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "member": members.astype(np.int64),
+            "init_time": np.asarray([init], dtype="datetime64[ns]"),
+            "lead_time": leads.astype("timedelta64[ns]"),
+            "level": levels.astype(np.int64),
+            "latitude": lat,
+            "longitude": lon,
+        },
+        attrs=attrs,
+    )
+    _annotate(ds)
+    return ds
+
+
+def _annotate(ds: xr.Dataset) -> None:
+    for name in ds.data_vars:
+        entry = CATALOGUE.get(str(name))
+        if entry is not None:
+            ds[name].attrs.update(units=entry.units, long_name=entry.long_name)
+            if entry.standard_name:
+                ds[name].attrs["standard_name"] = entry.standard_name
+    ds["member"].attrs.update(standard_name="realization", long_name="ensemble member")
+    ds["lead_time"].attrs.update(long_name="forecast lead time")
+    ds["init_time"].attrs.update(long_name="forecast initial time")
+    ds["latitude"].attrs.update(units="degrees_north", standard_name="latitude")
+    ds["longitude"].attrs.update(units="degrees_east", standard_name="longitude")
+    if "level" in ds.coords:
+        ds["level"].attrs.update(units="hPa", long_name="pressure level")
+
+
+def forecast(
+    model: LoadedModel,
+    archive: xr.Dataset,
+    *,
+    init_time: TimeLike,
+    lead: str | float | np.timedelta64,
+    members: int,
+    seed: int = 0,
+    rollout: RolloutConfig | None = None,
+    roller: Roller | None = None,
+    out: str | Path | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> xr.Dataset:
+    """Run an ensemble forecast.
+
+    Args:
+      model: from `load_forecaster`.
+      archive: canonical analysis archive holding init-12h and init.
+      init_time: initial time (UTC).
+      lead: total lead (multiple of 12 h, at most 15 days).
+      members: ensemble size.
+      seed: the forecast's seed (member i is the same for any ensemble size).
+      rollout: chunking, perturbations and sampler overrides.
+      roller: a `Roller` to reuse (its compiled chunks), instead of `rollout`.
+      out: a Zarr store to stream into (written atomically per chunk of leads; must not exist).
+      on_chunk: called with (steps done, steps total) after each chunk.
+
+    Returns:
+      The forecast (loaded in memory, or opened lazily from `out`).
+    """
+    if members < 1:
+        raise ValueError(f"members: must be >= 1, got {members}")
+    fc = model.forecaster
+    total = parse_lead(lead)
+    steps = int(total // STEP)
+    init = to_datetime64(init_time, "init_time")
+    previous, current, static = initial_states(archive, fc, init)
+    roller = roller or Roller(fc, rollout)
+    leads = STEP * np.arange(1, steps + 1)
+    member_index = np.arange(members)
+    attrs = {
+        "title": "Ensemble forecast (diffusion model)",
+        "checkpoint": os.path.basename(model.path),
+        "seed": seed,
+        "sampler": json.dumps(
+            dataclasses.asdict(roller.config.sampler or fc.config.sampler), default=str
+        ),
+        "initial_perturbation": roller.config.initial_perturbation,
+    }
+    template = _forecast_template(fc, init, leads, member_index, attrs)
+    store = Path(out) if out is not None else None
+    if store is not None:
+        if store.exists():
+            raise FileExistsError(f"out: {store} exists; forecasts never overwrite a store")
+        tmp = store.with_name(store.name + ".creating")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        template.to_zarr(tmp, compute=False, zarr_format=3, consolidated=False)
+        os.replace(tmp, store)
+        result = None
+    else:
+        result = {
+            name: np.full(template[name].shape, np.nan, np.float32) for name in template.data_vars
+        }
+    for lo, states in roller.run(
+        model.params,
+        previous=previous,
+        current=current,
+        static=static,
+        init_time=init,
+        steps=steps,
+        members=member_index,
+        seed=seed,
+    ):
+        # states: [k, M, H, W, C] -> per variable [M, 1, k, ...]
+        fields = channels_to_state(fc.task, np.moveaxis(states, 0, 1)[:, None])
+        hi = lo + states.shape[0]
+        if store is not None:
+            chunk = xr.Dataset({n: (template[n].dims, v) for n, v in fields.items()})
+            chunk.to_zarr(
+                store, region={"lead_time": slice(lo, hi)}, consolidated=False, zarr_format=3
+            )
+        else:
+            assert result is not None
+            for name, value in fields.items():
+                result[name][:, :, lo:hi] = value
+        if on_chunk is not None:
+            on_chunk(hi, steps)
+    if store is not None:
+        return xr.open_zarr(store, consolidated=False)
+    assert result is not None
+    return xr.Dataset(
+        {n: (template[n].dims, result[n], template[n].attrs) for n in template.data_vars},
+        coords=template.coords,
+        attrs=template.attrs,
+    )

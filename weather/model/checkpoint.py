@@ -1,0 +1,91 @@
+"""Checkpoints: parameters bundled with every config needed to rebuild the model.
+
+A checkpoint is one msgpack file (flax.serialization) holding
+
+- ``configs``: JSON text of the task, backbone, EDM, sampler and grid configs;
+- ``normalization``: the per-channel statistics (`weather.model.task.Normalization`);
+- ``params``: the (EMA) parameters used for inference;
+- ``train`` (optional): what resuming a training run needs: raw parameters, optimiser state,
+  step counter, data-order position and the random key;
+- ``metadata``: JSON text (provenance: data, period, wall time, loss history, ...).
+
+Files are written to a temporary name and renamed, so a crash never leaves a torn checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import serialization
+
+FORMAT = "weather-checkpoint"
+VERSION = 1
+
+
+def _to_numpy(tree: Any) -> Any:
+    """Nested dicts/lists of arrays -> the same with numpy arrays (msgpack-friendly)."""
+    if isinstance(tree, dict):
+        return {str(k): _to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return {str(i): _to_numpy(v) for i, v in enumerate(tree)}
+    if isinstance(tree, str | int | float | bool) or tree is None:
+        return tree
+    return np.asarray(tree)
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    configs: dict[str, Any],
+    normalization: dict[str, np.ndarray],
+    params: Any,
+    metadata: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically. Returns its path."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "configs": json.dumps(configs, sort_keys=True),
+        "normalization": _to_numpy(normalization),
+        "params": serialization.to_state_dict(_to_numpy(params)),
+        "metadata": json.dumps(metadata or {}, sort_keys=True, default=str),
+    }
+    if train is not None:
+        payload["train"] = _to_numpy(train)
+    data = serialization.msgpack_serialize(payload)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint: ``configs`` and ``metadata`` parsed from JSON, arrays as numpy.
+
+    Raises:
+      ValueError: naming the file when it is not a checkpoint of a version we can read.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"checkpoint {p}: no such file")
+    try:
+        payload = serialization.msgpack_restore(p.read_bytes())
+    except Exception as error:  # msgpack raises several unrelated types on garbage
+        raise ValueError(f"checkpoint {p}: not a readable checkpoint ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {p}: not a {FORMAT} file")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"checkpoint {p}: version {payload.get('version')}, expected {VERSION}")
+    payload["configs"] = json.loads(payload["configs"])
+    payload["metadata"] = json.loads(payload["metadata"])
+    return payload

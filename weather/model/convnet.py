@@ -1,0 +1,217 @@
+"""SphereUNet: a U-Net of sphere-padded convolutions, conditioned on the noise level.
+
+Shapes: x [B, H, W, C] -> [B, H, W, out_channels]; level l (0 finest) has channels[l] features on
+a grid of H_l x W_l, H_{l+1} = ceil(H_l / 2), W_{l+1} = W_l / 2.
+
+- Every k x k convolution pads its input on the sphere instead of with zeros
+  (`weather.model.backbone.pad_sphere`): k // 2 columns wrap around in longitude and k // 2 rows
+  continue over each pole on the opposite meridian (row i beyond the pole is row i - 1 before it,
+  rolled by W_l / 2). The network therefore has no edge anywhere, and (without the latitude
+  channels below breaking it in latitude) commutes with longitude shifts by 2^(levels-1) cells.
+- Two constant input channels, sin(lat) and cos(lat), tell the network its latitude; longitude is
+  left out so that the network stays equivariant to longitude shifts.
+- Residual blocks: x + Conv(act(CGN(Conv(act(CGN(x)))))), CGN the GroupNorm whose scale and
+  offset come from the noise embedding (`ConditionalLayerNorm(num_groups=...)`).
+- Downsampling: a learned 2 x 2 convolution with stride 2; an odd row count first gets one more
+  row continued over the north pole. Upsampling: nearest-neighbour doubling, the extra row
+  cropped, then a sphere-padded convolution. Skip connections are concatenated.
+- Bottleneck: `bottleneck_attention_layers` pre-norm global self-attention + MLP blocks over the
+  H_L x W_L cells of the coarsest level (128 tokens at 5.625 deg with three levels).
+- Head: CGN, activation, and a zero-initialised sphere-padded convolution to out_channels.
+
+Scaling: at 1 deg (181 x 360) three or four levels keep the bottleneck at 46 x 90 or 23 x 45
+tokens (W_L must stay even: 360 allows at most four levels); at 0.25 deg (721 x 1440) five or six
+levels do. Cost per call is about 2 k^2 H W sum_l (c_l^2 (4 b + 3 b) / 4^l) FLOPs.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from weather.model.backbone import (
+    ConditionalLayerNorm,
+    NoiseEmbedding,
+    SphereGrid,
+    SphereUNetConfig,
+    multi_head_attention,
+    pad_latitude_over_poles,
+    pad_sphere,
+)
+
+_ACTIVATION = nn.silu
+
+
+class SphereConv(nn.Module):
+    """k x k convolution with a sphere halo instead of zero padding; [B, H, W, C] -> [..., F]."""
+
+    features: int
+    kernel_size: int
+    poles: tuple[bool, bool] = (False, False)
+    dtype: jnp.dtype = jnp.dtype(jnp.float32)
+    zero_init: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        r = self.kernel_size // 2
+        width = x.shape[2]
+        x = pad_sphere(x.astype(self.dtype), r, r, self.poles)
+        kernel_init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+        # The halo is all the padding needed; the one extra zero column (whose output is cropped)
+        # is there because XLA's CPU convolution runs about 2.5x slower with no padding at all.
+        out = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            padding=((0, 0), (0, 1)),
+            dtype=self.dtype,
+            kernel_init=kernel_init,
+        )(x)
+        return out[:, :, :width]
+
+
+class ResidualBlock(nn.Module):
+    """x + Conv(act(CGN(Conv(act(CGN(x)))))) with a 1 x 1 projection when widths differ."""
+
+    features: int
+    config: SphereUNetConfig
+    poles: tuple[bool, bool] = (False, False)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.compute_dtype)
+        h = ConditionalLayerNorm(num_groups=cfg.num_groups, name="norm_0")(x, embedding)
+        h = SphereConv(self.features, cfg.kernel_size, self.poles, dtype, name="conv_0")(
+            _ACTIVATION(h)
+        )
+        h = ConditionalLayerNorm(num_groups=cfg.num_groups, name="norm_1")(h, embedding)
+        h = SphereConv(self.features, cfg.kernel_size, self.poles, dtype, name="conv_1")(
+            _ACTIVATION(h)
+        )
+        if x.shape[-1] != self.features:
+            x = nn.Dense(self.features, dtype=dtype, name="skip")(x.astype(dtype))
+        return x.astype(jnp.float32) + h.astype(jnp.float32)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm global self-attention and MLP over all cells of a [B, H, W, C] map."""
+
+    config: SphereUNetConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.compute_dtype)
+        b, hh, ww, c = x.shape
+        tokens = x.reshape(b, hh * ww, c)
+        h = ConditionalLayerNorm(name="attention_norm")(tokens, embedding).astype(dtype)
+        qkv = nn.Dense(3 * c, dtype=dtype, name="qkv")(h)
+        q, k, v = jnp.split(qkv.reshape(b, hh * ww, 3 * cfg.num_heads, -1), 3, axis=2)
+        attended = multi_head_attention(q, k, v, cfg.attention_implementation)
+        attended = attended.reshape(b, hh * ww, c)
+        tokens = tokens + nn.Dense(c, dtype=dtype, name="attention_out")(attended).astype(
+            jnp.float32
+        )
+        h = ConditionalLayerNorm(name="mlp_norm")(tokens, embedding).astype(dtype)
+        h = nn.Dense(4 * c, dtype=dtype, name="mlp_hidden")(h)
+        h = nn.Dense(c, dtype=dtype, name="mlp_out")(_ACTIVATION(h))
+        tokens = tokens + h.astype(jnp.float32)
+        return tokens.reshape(b, hh, ww, c)
+
+
+def level_shapes(grid: SphereGrid, levels: int) -> list[tuple[int, int]]:
+    """(rows, columns) of each level, finest first; raises if a level's columns are odd."""
+    n_lat, n_lon = grid.shape
+    shapes = [(n_lat, n_lon)]
+    for _ in range(levels - 1):
+        rows, cols = shapes[-1]
+        if cols % 4:
+            raise ValueError(
+                f"longitude count {n_lon} does not allow {levels} levels: every level needs an "
+                "even number of columns"
+            )
+        shapes.append(((rows + 1) // 2, cols // 2))
+    return shapes
+
+
+class SphereUNet(nn.Module):
+    """U-Net denoiser backbone; build it with `weather.model.backbone.build_backbone`.
+
+    Call: x [B, H, W, C] float32, c_noise [B] float32 -> [B, H, W, out_channels] float32.
+    """
+
+    config: SphereUNetConfig
+    grid: SphereGrid
+    out_channels: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, c_noise: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.compute_dtype)
+        n_lat, n_lon = self.grid.shape
+        if x.ndim != 4 or x.shape[1:3] != (n_lat, n_lon):
+            raise ValueError(f"x must be [batch, {n_lat}, {n_lon}, channels], got {x.shape}")
+        if c_noise.shape != x.shape[:1]:
+            raise ValueError(f"c_noise must be [batch] = {x.shape[:1]}, got {c_noise.shape}")
+        levels = len(cfg.channels)
+        shapes = level_shapes(self.grid, levels)
+        # Only the finest level can have rows on the poles; coarser rows are averages of pairs.
+        fine_poles = (self.grid.south_pole_row, self.grid.north_pole_row)
+
+        def poles(level: int) -> tuple[bool, bool]:
+            return fine_poles if level == 0 else (False, False)
+
+        embedding = NoiseEmbedding(cfg.conditioning_dim, cfg.noise_frequencies, name="noise")(
+            c_noise
+        )
+
+        lat = np.deg2rad(np.asarray(self.grid.latitude, dtype=np.float32))
+        lat_features = np.stack([np.sin(lat), np.cos(lat)], axis=-1)[None, :, None, :]
+        lat_channels = jnp.broadcast_to(jnp.asarray(lat_features), (x.shape[0], n_lat, n_lon, 2))
+        h = jnp.concatenate([x.astype(jnp.float32), lat_channels], axis=-1)
+        h = SphereConv(cfg.channels[0], cfg.kernel_size, poles(0), dtype, name="stem")(h)
+
+        skips = []
+        for level, features in enumerate(cfg.channels):
+            for i in range(cfg.blocks_per_level):
+                h = ResidualBlock(features, cfg, poles(level), name=f"down_{level}_{i}")(
+                    h, embedding
+                )
+                skips.append(h)
+            if level + 1 < levels:
+                rows = shapes[level][0]
+                if rows % 2:
+                    h = pad_latitude_over_poles(h, 0, 1, poles(level))
+                h = nn.Conv(
+                    cfg.channels[level + 1],
+                    (2, 2),
+                    strides=(2, 2),
+                    padding="VALID",
+                    dtype=dtype,
+                    name=f"downsample_{level}",
+                )(h.astype(dtype)).astype(jnp.float32)
+
+        bottom = levels - 1
+        for i in range(cfg.bottleneck_attention_layers):
+            h = AttentionBlock(cfg, name=f"attention_{i}")(h, embedding)
+        h = ResidualBlock(cfg.channels[-1], cfg, poles(bottom), name="middle")(h, embedding)
+
+        for level in reversed(range(levels)):
+            features = cfg.channels[level]
+            if level < bottom:
+                rows = shapes[level][0]
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)[:, :rows]
+                h = SphereConv(features, cfg.kernel_size, poles(level), dtype, name=f"up_{level}")(
+                    h
+                ).astype(jnp.float32)
+            for i in range(cfg.blocks_per_level):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = ResidualBlock(features, cfg, poles(level), name=f"up_{level}_{i}")(h, embedding)
+
+        h = ConditionalLayerNorm(num_groups=cfg.num_groups, name="head_norm")(h, embedding)
+        out = SphereConv(
+            self.out_channels, cfg.kernel_size, poles(0), dtype, zero_init=True, name="head"
+        )(_ACTIVATION(h))
+        return out.astype(jnp.float32)

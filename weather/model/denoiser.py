@@ -1,0 +1,233 @@
+"""The conditional denoiser and one 12-hour sampling step: backbone + EDM + task, as pure functions.
+
+`Forecaster` bundles every config needed to rebuild the model (task, backbone, EDM, sampler,
+noise, grid) with the normalisation, and exposes pure functions of the parameters:
+
+- `conditioning`: normalised inputs ``x(t-12h), x(t)``, forcings and static fields as channels;
+- `denoise`: D(z; σ) of the normalised residual target (Karras et al. 2022, eq. 7);
+- `loss`: the EDM training loss, weighted by latitude area and pressure level;
+- `sample_step`: one 12 h step in physical units: draw the residual with the sampler and add it.
+
+Shapes: ``B`` batch (members or training windows), ``H`` latitudes, ``W`` longitudes,
+``C`` state channels (`TaskConfig.n_state`), ``K`` conditioning channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from weather.model import backbone as backbone_lib
+from weather.model import edm as edm_lib
+from weather.model import noise as noise_lib
+from weather.model import sampler as sampler_lib
+from weather.model.task import Normalization, TaskConfig, loss_weights
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Everything but the parameters and the normalisation.
+
+    Attributes:
+      task: fields, levels and loss weights.
+      backbone: the network's architecture config.
+      edm: preconditioning and training-noise distribution.
+      sampler: DPM-Solver++ 2S settings used by `sample_step`.
+      noise: "spherical" (isotropic white noise from spherical harmonics, as GenCast) or "iid".
+    """
+
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    backbone: Any = dataclasses.field(default_factory=backbone_lib.SphereTransformerConfig)
+    edm: edm_lib.EDMConfig = dataclasses.field(default_factory=edm_lib.EDMConfig)
+    sampler: sampler_lib.SamplerConfig = dataclasses.field(
+        default_factory=sampler_lib.SamplerConfig
+    )
+    noise: str = "spherical"
+
+    def __post_init__(self) -> None:
+        if self.noise not in ("spherical", "iid"):
+            raise ValueError(f"noise: must be 'spherical' or 'iid', got {self.noise!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task.to_dict(),
+            "backbone": backbone_lib.config_to_dict(self.backbone),
+            "edm": _dataclass_dict(self.edm),
+            "sampler": _dataclass_dict(self.sampler),
+            "noise": self.noise,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        return cls(
+            task=TaskConfig.from_dict(d["task"]),
+            backbone=backbone_lib.config_from_dict(d["backbone"]),
+            edm=edm_lib.EDMConfig(**d["edm"]),
+            sampler=sampler_lib.SamplerConfig(**_floats(d["sampler"])),
+            noise=d["noise"],
+        )
+
+
+def _dataclass_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _floats(d: Mapping[str, Any]) -> dict[str, Any]:
+    # JSON has no infinity literal that every reader accepts; Python's json writes Infinity.
+    return {
+        k: float(v) if isinstance(v, str) and v.lower() in ("inf", "infinity") else v
+        for k, v in d.items()
+    }
+
+
+class Forecaster:
+    """A model on a grid: pure functions of its parameters.
+
+    Args:
+      config: the model's configs.
+      normalization: per-channel statistics.
+      latitude, longitude: the grid (degrees; latitude ascending, longitude ascending in
+        [0, 360) and evenly spaced).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        normalization: Normalization,
+        latitude: np.ndarray,
+        longitude: np.ndarray,
+    ) -> None:
+        self.config = config
+        self.task = config.task
+        self.normalization = normalization
+        self.latitude = np.asarray(latitude, np.float64)
+        self.longitude = np.asarray(longitude, np.float64)
+        self.shape = (self.latitude.size, self.longitude.size, self.task.n_state)
+        self.module: nn.Module = backbone_lib.build_backbone(
+            config.backbone, self.latitude, self.longitude, self.task.n_state
+        )
+        self.noise_fn = noise_lib.make_noise_fn(config.noise, self.latitude, self.longitude)
+        self.weights = jnp.asarray(loss_weights(self.task, self.latitude))  # [H, 1, C]
+        n = normalization
+        self._mean = jnp.asarray(n.mean)
+        self._std = jnp.asarray(n.std)
+        self._diff_std = jnp.asarray(n.diff_std)
+        self._static_mean = jnp.asarray(n.static_mean)
+        self._static_std = jnp.asarray(n.static_std)
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def init_params(self, key: jax.Array) -> Any:
+        """Fresh parameters (float32)."""
+        h, w, c = self.shape
+        x = jnp.zeros((1, h, w, c + self.task.n_conditioning), jnp.float32)
+        return jax.jit(self.module.init)(key, x, jnp.zeros((1,), jnp.float32))
+
+    def count_params(self, params: Any) -> int:
+        return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+    @functools.cached_property
+    def jitted_loss(self) -> Callable[..., jnp.ndarray]:
+        """`loss`, compiled once per forecaster."""
+        return jax.jit(self.loss)
+
+    # -- pure functions -------------------------------------------------------------------------
+
+    def normalize_static(self, static: jnp.ndarray) -> jnp.ndarray:
+        """``[H, W, S]`` physical -> normalised."""
+        return (static - self._static_mean) / self._static_std
+
+    def conditioning(
+        self,
+        previous: jnp.ndarray,
+        current: jnp.ndarray,
+        forcings: jnp.ndarray,
+        static: jnp.ndarray,
+    ) -> jnp.ndarray:
+        """Conditioning channels ``[B, H, W, K]``.
+
+        Args:
+          previous, current: states at t-12h and t, physical units ``[B, H, W, C]``.
+          forcings: ``[B, H, W, 8]`` (`weather.model.task.forcing_channels`).
+          static: normalised static fields ``[H, W, S]``.
+        """
+        b = previous.shape[0]
+        static_b = jnp.broadcast_to(static, (b, *static.shape))
+        return jnp.concatenate(
+            [
+                (previous - self._mean) / self._std,
+                (current - self._mean) / self._std,
+                forcings,
+                static_b,
+            ],
+            axis=-1,
+        )
+
+    def _raw_fn(self, params: Any, cond: jnp.ndarray) -> Callable[..., jnp.ndarray]:
+        """The network F(c_in z, c_noise) with the conditioning channels appended."""
+
+        def raw(scaled: jnp.ndarray, c_noise: jnp.ndarray) -> jnp.ndarray:
+            x = jnp.concatenate([scaled, cond], axis=-1)
+            c = jnp.broadcast_to(jnp.asarray(c_noise, jnp.float32), (scaled.shape[0],))
+            return cast(jnp.ndarray, self.module.apply(params, x, c))
+
+        return raw
+
+    def denoise(
+        self, params: Any, noisy: jnp.ndarray, sigma: jnp.ndarray, cond: jnp.ndarray
+    ) -> jnp.ndarray:
+        """D(z; σ): the denoised normalised residual ``[B, H, W, C]`` (σ: ``[B]``)."""
+        return edm_lib.denoise(self._raw_fn(params, cond), noisy, sigma, self.config.edm.sigma_data)
+
+    def residual_target(self, current: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
+        """Normalised residual ``(x(t+12h) - x(t)) / diff_std``."""
+        return (target - current) / self._diff_std
+
+    def loss(
+        self,
+        params: Any,
+        key: jax.Array,
+        previous: jnp.ndarray,
+        current: jnp.ndarray,
+        target: jnp.ndarray,
+        forcings: jnp.ndarray,
+        static: jnp.ndarray,
+    ) -> jnp.ndarray:
+        """EDM loss of one batch (scalar), area- and level-weighted (mean weight 1)."""
+        cond = self.conditioning(previous, current, forcings, static)
+        y = self.residual_target(current, target)
+        loss, _ = edm_lib.edm_loss(
+            self._raw_fn(params, cond), key, y, self.weights, self.config.edm, self.noise_fn
+        )
+        return loss
+
+    def sample_step(
+        self,
+        params: Any,
+        key: jax.Array,
+        previous: jnp.ndarray,
+        current: jnp.ndarray,
+        forcings: jnp.ndarray,
+        static: jnp.ndarray,
+        sampler: sampler_lib.SamplerConfig | None = None,
+    ) -> jnp.ndarray:
+        """x(t+12h) for one member, physical units ``[H, W, C]`` (inputs unbatched ``[H, W, C]``).
+
+        Vectorise over members with `jax.vmap`: the backbone then sees the members as its batch.
+        """
+        cond = self.conditioning(previous[None], current[None], forcings[None], static)
+
+        def denoise_fn(x: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
+            return self.denoise(params, x[None], jnp.reshape(sigma, (1,)), cond)[0]
+
+        residual = sampler_lib.sample(
+            denoise_fn, key, self.shape, sampler or self.config.sampler, self.noise_fn
+        )
+        return current + residual * self._diff_std

@@ -1,0 +1,422 @@
+"""Training: AdamW with warm-up and cosine decay, gradient clipping, EMA, resumable checkpoints.
+
+`train` runs on whatever JAX device is present (CPU here, unchanged on GPU/TPU). Every
+`checkpoint_every` steps it writes `<run>/checkpoint.msgpack` atomically with the EMA parameters
+(for inference) and everything resuming needs (raw parameters, optimiser state, step); the data
+order and the random keys are functions of the step (`fold_in(key, step)`, epoch/batch from the
+step), so a resumed run continues exactly as an uninterrupted one. Losses go to
+`<run>/history.jsonl` (one JSON line per logged step) and `<run>/loss.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time as wallclock
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import xarray as xr
+from flax import serialization
+
+from weather.data.windows import Batch, Prefetcher, WindowConfig, Windows
+from weather.model.checkpoint import load_checkpoint, save_checkpoint
+from weather.model.denoiser import Forecaster, ModelConfig
+from weather.model.task import Normalization, forcing_channels, state_to_channels
+
+LEAD = np.timedelta64(12, "h")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+      steps: total optimiser steps.
+      batch_size: training windows per step.
+      peak_learning_rate: AdamW's learning rate after warm-up.
+      warmup_steps: linear warm-up from 0.
+      final_learning_rate_fraction: cosine decay ends at this fraction of the peak.
+      weight_decay: AdamW's decoupled weight decay.
+      b1, b2: Adam's moment decays.
+      grad_clip: global-norm clipping threshold.
+      ema_decay: decay of the parameters' exponential moving average (used for inference).
+      seed: parameter initialisation, data order and noise draws.
+      checkpoint_every, log_every, validate_every: in steps.
+      validation_batches: fixed validation batches (same windows and noise every time).
+      prefetch: training batches loaded ahead in a background thread.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 4
+    peak_learning_rate: float = 1e-3
+    warmup_steps: int = 500
+    final_learning_rate_fraction: float = 0.01
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+    validate_every: int = 500
+    validation_batches: int = 8
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "validate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps: must be in [0, steps) = [0, {self.steps}), got {self.warmup_steps}"
+            )
+
+    def optimizer(self) -> optax.GradientTransformation:
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=self.peak_learning_rate,
+            warmup_steps=self.warmup_steps,
+            decay_steps=self.steps,
+            end_value=self.peak_learning_rate * self.final_learning_rate_fraction,
+        )
+        return optax.chain(
+            optax.clip_by_global_norm(self.grad_clip),
+            optax.adamw(schedule, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay),
+        )
+
+
+@dataclasses.dataclass
+class TrainState:
+    params: Any
+    ema: Any
+    opt_state: Any
+    step: int
+
+
+def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
+    """A windows batch as the model's arrays (physical units, channels last)."""
+    task = forecaster.task
+    inputs = batch["inputs"]
+    prev = state_to_channels(task, {k: v[:, 0] for k, v in inputs.items()})
+    cur = state_to_channels(task, {k: v[:, 1] for k, v in inputs.items()})
+    target = state_to_channels(task, batch["targets"])
+    t = np.asarray(batch["time"], dtype="datetime64[ns]")
+    forc = forcing_channels(
+        np.stack([t, t + LEAD], -1), forecaster.longitude, forecaster.latitude.size
+    )
+    return {"previous": prev, "current": cur, "target": target, "forcings": forc}
+
+
+def static_channels(dataset: xr.Dataset, forecaster: Forecaster) -> np.ndarray:
+    """The archive's static fields as physical channels ``[H, W, S]``."""
+    fields = [
+        np.asarray(dataset[name].values, np.float32) for name in forecaster.task.static_variables
+    ]
+    return np.stack(fields, axis=-1) if fields else np.zeros((*forecaster.shape[:2], 0), np.float32)
+
+
+def make_train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any]:
+    optimizer = config.optimizer()
+
+    def step(params, ema, opt_state, key, arrays, static):
+        def loss_fn(p):
+            return forecaster.loss(
+                p,
+                key,
+                arrays["previous"],
+                arrays["current"],
+                arrays["target"],
+                arrays["forcings"],
+                static,
+            )
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
+        return params, ema, opt_state, loss, optax.tree.norm(grads)
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+_SETUPS: dict[Any, tuple[Forecaster, Callable[..., Any]]] = {}
+
+
+def _setup(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    norm: Normalization,
+    lat: np.ndarray,
+    lon: np.ndarray,
+) -> tuple[Forecaster, Callable[..., Any]]:
+    """The forecaster and its compiled step, reused by runs with the same setup (tests, resume)."""
+    key = (
+        model_config,
+        train_config,
+        tuple(np.asarray(v).tobytes() for v in norm.to_dict().values()),
+        np.asarray(lat).tobytes(),
+        np.asarray(lon).tobytes(),
+    )
+    if key not in _SETUPS:
+        if len(_SETUPS) > 4:
+            _SETUPS.clear()
+        forecaster = Forecaster(model_config, norm, lat, lon)
+        _SETUPS[key] = (forecaster, make_train_step(forecaster, train_config))
+    return _SETUPS[key]
+
+
+def _batches(windows: Windows, first_step: int, prefetch: int) -> Iterator[Batch]:
+    """Batches from `first_step` on: epoch and position are functions of the step."""
+    per_epoch = windows.batches_per_epoch
+    if per_epoch < 1:
+        raise ValueError("training split is smaller than one batch")
+
+    def gen() -> Iterator[Batch]:
+        step = first_step
+        while True:
+            epoch, index = divmod(step, per_epoch)
+            for rows in windows.epoch_batches(epoch)[index:]:
+                yield windows.load(rows)
+                step += 1
+
+    return Prefetcher(gen(), depth=prefetch) if prefetch else gen()
+
+
+def train(
+    *,
+    run_dir: str | Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    train_data: xr.Dataset,
+    train_period: tuple[Any, Any],
+    statistics: xr.Dataset,
+    validation_data: xr.Dataset | None = None,
+    validation_period: tuple[Any, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path:
+    """Train (or resume) a forecaster; returns the checkpoint path.
+
+    Args:
+      run_dir: where the checkpoint, history and loss curve live; an existing checkpoint there is
+        resumed (its configs must match).
+      model_config, train_config: what to train and how.
+      train_data, validation_data: canonical archives.
+      train_period, validation_period: (start, end) of each split, inclusive.
+      statistics: normalisation statistics (`weather.data.statistics`), from the training period.
+      metadata: provenance recorded in the checkpoint.
+      progress: show a progress bar.
+      stop_after: stop after this many steps of this call (as an interruption would); for tests.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run / "checkpoint.msgpack"
+    task = model_config.task
+    norm = Normalization.from_statistics(task, statistics)
+    lat = train_data["latitude"].values
+    lon = train_data["longitude"].values
+    forecaster, step_fn = _setup(model_config, train_config, norm, lat, lon)
+    configs = {
+        "model": model_config.to_dict(),
+        "train": dataclasses.asdict(train_config),
+        "grid": {"latitude": lat.tolist(), "longitude": lon.tolist()},
+    }
+    key = jax.random.PRNGKey(train_config.seed)
+    params = forecaster.init_params(jax.random.fold_in(key, 0))
+    optimizer = train_config.optimizer()
+    opt_state = optimizer.init(params)
+    # A copy: the step donates both buffers, which must therefore be distinct.
+    ema = jax.tree_util.tree_map(jnp.copy, params)
+    state = TrainState(params=params, ema=ema, opt_state=opt_state, step=0)
+    history: list[dict[str, Any]] = []
+    elapsed = 0.0
+    if ckpt_path.exists():
+        saved = load_checkpoint(ckpt_path)
+        if saved["configs"] != json.loads(json.dumps(configs)):
+            raise ValueError(
+                f"{ckpt_path}: was trained with other configs; use another run directory"
+            )
+        tr = saved["train"]
+        state = TrainState(
+            params=serialization.from_state_dict(params, tr["params"]),
+            ema=serialization.from_state_dict(params, saved["params"]),
+            opt_state=serialization.from_state_dict(opt_state, tr["opt_state"]),
+            step=int(tr["step"]),
+        )
+        history = saved["metadata"].get("history", [])
+        elapsed = float(saved["metadata"].get("train_seconds", 0.0))
+    static = jnp.asarray(static_channels(train_data, forecaster))
+    static_n = forecaster.normalize_static(static)
+    windows = Windows(
+        train_data,
+        WindowConfig(
+            start=train_period[0],
+            end=train_period[1],
+            variables=task.level_variables + task.surface_variables,
+            static_variables=task.static_variables,
+            levels=task.levels,
+            batch_size=train_config.batch_size,
+            seed=train_config.seed,
+            prefetch=0,
+        ),
+    )
+    val_eval = _validation(forecaster, train_config, validation_data, validation_period, static_n)
+
+    def save() -> None:
+        meta = dict(metadata or {})
+        meta.update(
+            history=history,
+            train_seconds=elapsed,
+            parameters=forecaster.count_params(state.params),
+            statistics=dict(statistics.attrs),
+        )
+        save_checkpoint(
+            ckpt_path,
+            configs=configs,
+            normalization=norm.to_dict(),
+            params=serialization.to_state_dict(state.ema),
+            metadata=meta,
+            train={
+                "params": serialization.to_state_dict(state.params),
+                "opt_state": serialization.to_state_dict(state.opt_state),
+                "step": state.step,
+            },
+        )
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=train_config.steps, initial=state.step, desc="train", unit="step")
+    batches = _batches(windows, state.step, train_config.prefetch)
+    losses: list[float] = []
+    done_here = 0
+    try:
+        while state.step < train_config.steps:
+            if stop_after is not None and done_here >= stop_after:
+                break
+            t0 = wallclock.perf_counter()
+            arrays = {k: jnp.asarray(v) for k, v in batch_arrays(next(batches), forecaster).items()}
+            step_key = jax.random.fold_in(jax.random.fold_in(key, 1), state.step)
+            params, ema, opt_state, loss, gnorm = step_fn(
+                state.params, state.ema, state.opt_state, step_key, arrays, static_n
+            )
+            state = TrainState(params=params, ema=ema, opt_state=opt_state, step=state.step + 1)
+            losses.append(float(loss))
+            elapsed += wallclock.perf_counter() - t0
+            done_here += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if state.step % train_config.log_every == 0 or state.step == train_config.steps:
+                entry: dict[str, Any] = {
+                    "step": state.step,
+                    "loss": float(np.mean(losses)),
+                    "grad_norm": float(gnorm),
+                    "seconds": round(elapsed, 2),
+                }
+                losses = []
+                if val_eval is not None and (
+                    state.step % train_config.validate_every == 0
+                    or state.step == train_config.steps
+                ):
+                    entry["validation_loss"] = val_eval(state.ema)
+                history.append(entry)
+                with open(run / "history.jsonl", "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            if state.step % train_config.checkpoint_every == 0 or state.step == train_config.steps:
+                save()
+    finally:
+        if bar is not None:
+            bar.close()
+        if isinstance(batches, Prefetcher):
+            batches.close()
+    if state.step == train_config.steps or done_here:
+        save()
+        plot_history(history, run / "loss.png")
+    return ckpt_path
+
+
+def _validation(
+    forecaster: Forecaster,
+    config: TrainConfig,
+    data: xr.Dataset | None,
+    period: tuple[Any, Any] | None,
+    static_n: jnp.ndarray,
+) -> Callable[[Any], float] | None:
+    """A deterministic validation-loss function of the parameters (fixed windows and noise)."""
+    if data is None or period is None:
+        return None
+    task = forecaster.task
+    windows = Windows(
+        data,
+        WindowConfig(
+            start=period[0],
+            end=period[1],
+            variables=task.level_variables + task.surface_variables,
+            static_variables=task.static_variables,
+            levels=task.levels,
+            batch_size=config.batch_size,
+            seed=12345,
+            prefetch=0,
+        ),
+    )
+    # Evenly spaced windows through the period (its seasons), not just its start.
+    order = windows.epoch_batches(0)
+    picks = np.linspace(0, len(order) - 1, min(config.validation_batches, len(order))).astype(int)
+    batches = [batch_arrays(windows.load(order[i]), forecaster) for i in picks]
+    key = jax.random.PRNGKey(987654321)
+    loss_fn = forecaster.jitted_loss
+
+    def evaluate(params: Any) -> float:
+        values = [
+            float(
+                loss_fn(
+                    params,
+                    jax.random.fold_in(key, i),
+                    b["previous"],
+                    b["current"],
+                    b["target"],
+                    b["forcings"],
+                    static_n,
+                )
+            )
+            for i, b in enumerate(batches)
+        ]
+        return float(np.mean(values))
+
+    return evaluate
+
+
+def plot_history(history: list[dict[str, Any]], out: Path) -> None:
+    """Training (and validation) loss against step, log scale."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["loss"] for h in history], label="training loss")
+    val = [(h["step"], h["validation_loss"]) for h in history if "validation_loss" in h]
+    if val:
+        ax.plot([v[0] for v in val], [v[1] for v in val], "o-", label="validation (EMA params)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("EDM loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
