@@ -5,20 +5,22 @@ Usage::
     python benchmarks/denoiser.py                         # both architectures, batch 1, 8, 32
     python benchmarks/denoiser.py --quick                 # batch 1 and 8, fewer repeats (< 60 s)
     python benchmarks/denoiser.py --arch transformer --batch 8 --set num_heads=4
+    python benchmarks/denoiser.py --quick --train          # also forward + backward
 
 For each architecture at its default config on the 5.625 deg grid (32 x 64; --lat/--lon for
 others) with realistic channel counts (in: 3 * (4 variables * 13 levels + 1) + 4 forcings +
 1 static = 164; out: 53), it reports:
 
 - `params`: parameter count;
-- `flops_per_call`: XLA's cost analysis of the jitted call. The blocked CPU attention is a loop,
-  whose body XLA counts once, so FLOPs are counted on the same model lowered with XLA's batched
-  attention (identical arithmetic); `flops_counted_by_xla_on_timed` is the timed program's own,
-  undercounted, figure;
-- `seconds_per_call` (median after warm-up), `seconds_per_sample` (per batch element),
-  `gflop_per_s` and `fraction_of_matmul`: the achieved rate over the rate of a dense float32
-  2048 x 2048 matmul timed in the same process, interleaved call by call with the model so that
-  other load on the machine affects both alike (the median of the per-repeat ratios).
+- per batch size, for one `call` (and with --train for a `train_step`, forward and backward):
+  - `flops`: XLA's cost analysis of the jitted function. The blocked CPU attention is a loop,
+    whose body XLA counts once, so FLOPs are counted on the same model lowered with XLA's
+    batched attention (identical arithmetic); `flops_counted_by_xla_on_timed` is the timed
+    program's own, undercounted, figure;
+  - `seconds` (median after warm-up), `seconds_per_sample` (per batch element), `gflop_per_s`
+    and `fraction_of_matmul`: the achieved rate over the rate of a dense float32 2048 x 2048
+    matmul timed in the same process, interleaved call by call with the model so that other
+    load on the machine affects both alike (the median of the per-repeat ratios).
 
 Parameters are random numbers of the right shapes (drawn with numpy, not the modules'
 initialisers, whose RNG compiles slowly on a CPU); speed does not depend on their values.
@@ -113,6 +115,7 @@ def bench_architecture(
     repeats: int,
     matmul,
     matmul_args,
+    train: bool = False,
 ) -> dict[str, Any]:
     module = build_backbone(config, latitude, longitude, out_channels)
     counting = build_backbone(
@@ -125,31 +128,41 @@ def bench_architecture(
     shape = (latitude.size, longitude.size, in_channels)
     x1 = rng.normal(size=(1, *shape)).astype(np.float32)
     params = jax.device_put(random_params(module, x1, np.zeros(1, np.float32)))
+
+    def train_step(module):
+        # Forward and backward of a stand-in loss: what one optimiser step costs, bar the update.
+        return jax.grad(lambda p, x, c: jnp.mean(jnp.square(module.apply(p, x, c))))
+
     rows = []
     for batch in batches:
         x = jnp.asarray(rng.normal(size=(batch, *shape)).astype(np.float32))
         c = jnp.asarray(rng.uniform(-1, 1, batch).astype(np.float32))
-        t0 = time.perf_counter()
-        compiled = jax.jit(module.apply).lower(params, x, c).compile()
-        compile_s = time.perf_counter() - t0
-        flops = xla_flops(jax.jit(counting.apply).lower(params, x, c).cost_analysis())
-        model_s, matmul_s = time_interleaved(compiled, (params, x, c), matmul, matmul_args, repeats)
-        matmul_rate = np.array([2 * MATMUL_SIZE**3 / s for s in matmul_s])
-        model_rate = np.array([flops / s for s in model_s])
-        seconds = float(np.median(model_s))
-        rows.append(
-            {
-                "batch": batch,
-                "flops_per_call": flops,
+        row: dict[str, Any] = {"batch": batch}
+        kinds = [("call", module.apply, counting.apply)]
+        if train:
+            kinds.append(("train_step", train_step(module), train_step(counting)))
+        for kind, fn, counted in kinds:
+            t0 = time.perf_counter()
+            compiled = jax.jit(fn).lower(params, x, c).compile()
+            compile_s = time.perf_counter() - t0
+            flops = xla_flops(jax.jit(counted).lower(params, x, c).cost_analysis())
+            model_s, matmul_s = time_interleaved(
+                compiled, (params, x, c), matmul, matmul_args, repeats
+            )
+            matmul_rate = np.array([2 * MATMUL_SIZE**3 / s for s in matmul_s])
+            model_rate = np.array([flops / s for s in model_s])
+            seconds = float(np.median(model_s))
+            row[kind] = {
+                "flops": flops,
                 "flops_counted_by_xla_on_timed": xla_flops(compiled.cost_analysis()),
-                "seconds_per_call": round(seconds, 5),
+                "seconds": round(seconds, 5),
                 "seconds_per_sample": round(seconds / batch, 5),
                 "gflop_per_s": round(float(np.median(model_rate)) / 1e9, 2),
                 "matmul_gflop_per_s": round(float(np.median(matmul_rate)) / 1e9, 2),
                 "fraction_of_matmul": round(float(np.median(model_rate / matmul_rate)), 3),
                 "compile_s": round(compile_s, 2),
             }
-        )
+        rows.append(row)
     return {
         "config": config_to_dict(config),
         "params": int(sum(np.prod(p.shape) for p in jax.tree.leaves(params))),
@@ -163,6 +176,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="default 1 8 32")
     parser.add_argument("--quick", action="store_true", help="batch 1 and 8, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 7)")
+    parser.add_argument(
+        "--train", action="store_true", help="also time forward + backward (a training step)"
+    )
     parser.add_argument("--lat", type=int, default=32)
     parser.add_argument("--lon", type=int, default=64)
     parser.add_argument("--grid", choices=["equiangular", "gaussian"], default="equiangular")
@@ -204,6 +220,7 @@ def main() -> None:
             repeats,
             matmul,
             (a, a),
+            train=args.train,
         )
     print(
         json.dumps(

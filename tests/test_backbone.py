@@ -43,7 +43,7 @@ def _grid(kind: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(kind)
 
 
-def _inputs(n_lat: int, n_lon: int, batch: int = 2, seed: int = 0) -> tuple[jax.Array, jax.Array]:
+def _inputs(n_lat: int, n_lon: int, batch: int = 2, seed: int = 0) -> tuple[np.ndarray, ...]:
     # numpy, not jax.random: every new shape would compile threefry (seconds on a small CPU).
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, n_lat, n_lon, IN_CHANNELS)).astype(np.float32)
@@ -116,24 +116,31 @@ def test_initial_output_is_zero(config):
     lat, lon = grid.equiangular_grid(8, 16)
     module = build_backbone(config, lat, lon, OUT_CHANNELS)
     x, c = _inputs(lat.size, lon.size)
-    params = jax.jit(module.init)(jax.random.key(0, impl="rbg"), x, c)
+    out, params = jax.jit(module.init_with_output)(jax.random.key(0, impl="rbg"), x, c)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-    out = jax.jit(module.apply)(params, x, c)
     assert out.dtype == jnp.float32 and not np.any(np.asarray(out))
     # ... and the rest of the network is not degenerate: the layer under the head is not zero.
     modulation = params["params"]["head_norm"]["modulation"]["kernel"]
     assert np.abs(modulation).max() > 0
 
 
-@pytest.mark.parametrize("config", [TINY_TRANSFORMER, ONE_LEVEL_UNET], ids=["transformer", "unet"])
-def test_bfloat16_compute_keeps_float32_params_and_output(config):
-    _, params, apply = _setup(config)
+def test_bfloat16_compute_keeps_float32_params_and_output():
     lat, lon = _grid("equiangular")
-    module = build_backbone(
-        dataclasses.replace(config, compute_dtype="bfloat16"), lat, lon, OUT_CHANNELS
-    )
     x, c = _inputs(lat.size, lon.size)
-    out = jax.jit(module.apply)(params, x, c)  # the float32 parameters serve unchanged
+    # Both architectures, abstractly (no compilation): float32 parameters and output.
+    for config in (TINY_TRANSFORMER, TINY_UNET):
+        module = build_backbone(
+            dataclasses.replace(config, compute_dtype="bfloat16"), lat, lon, OUT_CHANNELS
+        )
+        params = jax.eval_shape(lambda module=module: module.init(jax.random.key(0), x, c))
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+        assert jax.eval_shape(module.apply, params, x, c).dtype == jnp.float32
+    # The transformer numerically: bfloat16 matmuls stay close to float32 with the same params.
+    _, params, apply = _setup(TINY_TRANSFORMER)
+    module = build_backbone(
+        dataclasses.replace(TINY_TRANSFORMER, compute_dtype="bfloat16"), lat, lon, OUT_CHANNELS
+    )
+    out = jax.jit(module.apply)(params, x, c)
     assert out.dtype == jnp.float32
     expected = apply(params, x, c)
     np.testing.assert_allclose(out, expected, atol=0.05 * np.abs(expected).max())
@@ -318,6 +325,7 @@ def test_registry_rejects_unknown_names_and_fields():
         (SphereTransformerConfig, {"d_model": 30, "num_heads": 4}, "divisible"),
         (SphereTransformerConfig, {"attention_window_rows": 3}, "even"),
         (SphereTransformerConfig, {"compute_dtype": "float16"}, "compute_dtype"),
+        (SphereTransformerConfig, {"attention_implementation": "cudnn"}, "bfloat16"),
         (SphereUNetConfig, {"channels": (8, 12), "num_groups": 8}, "num_groups"),
         (SphereUNetConfig, {"kernel_size": 4}, "odd"),
     ],

@@ -71,6 +71,12 @@ def _check_positive(config: object, *names: str) -> None:
             )
 
 
+def _check_attention(config: Any) -> None:
+    _check_choice(config, "attention_implementation", ("auto", "blocked", "xla", "cudnn"))
+    if config.attention_implementation == "cudnn" and config.compute_dtype != "bfloat16":
+        raise ValueError('attention_implementation "cudnn" needs compute_dtype "bfloat16"')
+
+
 def _check_choice(config: object, name: str, choices: tuple[Any, ...]) -> None:
     value = getattr(config, name)
     if value not in choices:
@@ -153,7 +159,7 @@ class SphereTransformerConfig:
                     f"got {self.attention_window_rows}"
                 )
         _check_choice(self, "position_encoding", ("xyz", "latitude", "none"))
-        _check_choice(self, "attention_implementation", ("auto", "blocked", "xla", "cudnn"))
+        _check_attention(self)
         _check_choice(self, "activation", tuple(ACTIVATIONS))
         _check_choice(self, "compute_dtype", ("float32", "bfloat16"))
 
@@ -217,7 +223,7 @@ class SphereUNetConfig:
                 f"the coarsest width ({self.channels[-1]}) must be divisible by num_heads "
                 f"({self.num_heads})"
             )
-        _check_choice(self, "attention_implementation", ("auto", "blocked", "xla", "cudnn"))
+        _check_attention(self)
         _check_choice(self, "compute_dtype", ("float32", "bfloat16"))
 
 
@@ -478,6 +484,10 @@ def _blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     logits to memory and reads them back three times, which runs at 0.1-0.2 of the matmul rate
     at N = 512, 8 heads, batch 8; this loop reaches about 0.5. The softmax is normalised after
     the value product (an [N, head_dim] division instead of [N, N]).
+
+    Under `jax.vmap` the loop body is batched over the mapped axis, which brings the batched
+    form back: give the backbone ensemble members as its batch axis rather than vmapping a
+    batch-1 call (8 members of the default transformer: 1.55 s as a batch, 2.2 s vmapped).
     """
     scale = q.shape[-1] ** -0.5
 

@@ -211,23 +211,50 @@ class Forecaster:
     def sample_step(
         self,
         params: Any,
-        key: jax.Array,
+        keys: jax.Array,
         previous: jnp.ndarray,
         current: jnp.ndarray,
         forcings: jnp.ndarray,
         static: jnp.ndarray,
         sampler: sampler_lib.SamplerConfig | None = None,
     ) -> jnp.ndarray:
-        """x(t+12h) for one member, physical units ``[H, W, C]`` (inputs unbatched ``[H, W, C]``).
+        """x(t+12h) for a batch of members, physical units ``[M, H, W, C]``.
 
-        Vectorise over members with `jax.vmap`: the backbone then sees the members as its batch.
+        Members are the backbone's batch (one batched call per denoiser evaluation, which is
+        several times faster than vmapping the sampler: attention stays batched). Each member's
+        noise comes from its own key in `keys` ``[M]``, folded with the sampler's (member-free)
+        per-draw key, so member m's draws do not depend on which other members share the batch.
+
+        Args:
+          keys: per-member keys ``[M]`` for this step.
+          previous, current: ``[M, H, W, C]`` physical.
+          forcings: ``[H, W, 8]`` shared by all members, or ``[M, H, W, 8]``.
+          static: normalised static fields ``[H, W, S]``.
         """
-        cond = self.conditioning(previous[None], current[None], forcings[None], static)
+        m = previous.shape[0]
+        forc = jnp.broadcast_to(forcings, (m, *forcings.shape[-3:]))
+        cond = self.conditioning(previous, current, forc, static)
 
         def denoise_fn(x: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
-            return self.denoise(params, x[None], jnp.reshape(sigma, (1,)), cond)[0]
+            return self.denoise(params, x, jnp.broadcast_to(sigma, (m,)), cond)
 
+        def noise_fn(key: jax.Array, shape: tuple[int, ...]) -> jnp.ndarray:
+            words = jax.random.key_data(key).reshape(-1)
+
+            def member_noise(member_key: jax.Array) -> jnp.ndarray:
+                for i in range(words.shape[0]):
+                    member_key = jax.random.fold_in(member_key, words[i])
+                return self.noise_fn(member_key, tuple(shape[1:]))
+
+            return jax.vmap(member_noise)(keys)
+
+        # The sampler's own key only labels the draws (initial noise, churn at step i); all
+        # randomness is per member, through `noise_fn`.
         residual = sampler_lib.sample(
-            denoise_fn, key, self.shape, sampler or self.config.sampler, self.noise_fn
+            denoise_fn,
+            jax.random.PRNGKey(0),
+            (m, *self.shape),
+            sampler or self.config.sampler,
+            noise_fn,
         )
         return current + residual * self._diff_std

@@ -3,7 +3,7 @@
 - Steps run in `jax.lax.scan` inside one compiled function per chunk of `chunk_steps` steps; only
   the chunk's output leaves the device, so a 15-day rollout never holds all leads in device
   memory and the host sees one transfer per chunk.
-- Members are batched with `jax.vmap` (the backbone sees them as its batch) and, given a mesh,
+- Members are the backbone's batch (one batched call per denoiser evaluation) and, given a mesh,
   sharded over its devices along the ``member`` axis with `jax.sharding`.
 - Member ``m``'s randomness is ``fold_in(fold_in(PRNGKey(seed), m), step)``: member ``m`` is the
   same whatever the ensemble size and however members are batched or sharded.
@@ -83,16 +83,12 @@ class Roller:
 
         def chunk(params, keys, previous, current, step0, forcings, static):
             self.compilations += 1  # runs only while tracing
-            step_fn = jax.vmap(
-                lambda k, p, c, f: fc.sample_step(params, k, p, c, f, static, sampler),
-                in_axes=(0, 0, 0, None),
-            )
 
             def body(carry, xs):
                 prev, cur = carry
                 step, forc = xs
                 step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
-                nxt = step_fn(step_keys, prev, cur, forc)
+                nxt = fc.sample_step(params, step_keys, prev, cur, forc, static, sampler)
                 return (cur, nxt), nxt
 
             steps = step0 + jnp.arange(forcings.shape[0], dtype=jnp.uint32)

@@ -6,7 +6,8 @@ N = Hp * Wp tokens, d = d_model):
 1. Latitude padding. H is padded to Hp * p rows by rows continued over the poles (half of the
    missing rows beyond the south pole, the rest beyond the north pole; `pad_latitude_over_poles`),
    so any row count works: 33 rows at p = 2 become 34, 181 at p = 4 become 184, 721 at p = 8
-   become 728. The padded rows are cropped again after the head. W must be divisible by p.
+   become 728 (with band attention, Hp is also rounded up to a multiple of the band). The padded
+   rows are cropped again after the head. W must be divisible by p.
 2. Patch embedding: [B, H, W, C] -> [B, N, p*p*C] -> dense -> [B, N, d]. Patches are aligned with
    longitude column 0, so shifting the input by whole patches in longitude permutes tokens.
 3. Position encoding: each patch centre (the normalised mean unit vector of its real cells) as

@@ -60,6 +60,16 @@ def sanity_report(archive: str | Path | xr.Dataset) -> dict[str, Any]:
         i = int(np.argmax(j.values))
         report[f"jet_{name}_max_u{int(p250)}_m_s"] = round(float(j[i]), 2)
         report[f"jet_{name}_latitude_deg"] = round(float(j.latitude[i]), 2)
+    # The seasons move the jets: winter jets are the stronger ones.
+    month = u250["time"].dt.month
+    for season, months in (("DJF", (12, 1, 2)), ("JJA", (6, 7, 8))):
+        in_season = month.isin(months)
+        if not bool(in_season.any()):
+            continue
+        seasonal = u250.where(in_season, drop=True).mean(("time", "longitude"))
+        for name, hemi in (("north", seasonal.latitude > 0), ("south", seasonal.latitude < 0)):
+            j = seasonal.where(hemi, drop=True)
+            report[f"jet_{name}_max_u{int(p250)}_{season}_m_s"] = round(float(j.max()), 2)
     eke = 0.5 * ((u250 - u250.mean("longitude")) ** 2 + (v250 - v250.mean("longitude")) ** 2)
     eke_zonal = eke.mean(("time", "longitude"))
     i = int(np.argmax(eke_zonal.values))
