@@ -354,6 +354,15 @@ class SphereGrid:
         )
 
 
+def check_inputs(x: jax.Array, c_noise: jax.Array, grid: SphereGrid) -> None:
+    """Raise ValueError unless x is [batch, lat, lon, channels] on `grid` and c_noise is [batch]."""
+    n_lat, n_lon = grid.shape
+    if x.ndim != 4 or x.shape[1:3] != (n_lat, n_lon):
+        raise ValueError(f"x must be [batch, {n_lat}, {n_lon}, channels], got {x.shape}")
+    if c_noise.shape != x.shape[:1]:
+        raise ValueError(f"c_noise must be [batch] = {x.shape[:1]}, got {c_noise.shape}")
+
+
 def pad_latitude_over_poles(
     x: ArrayT, south: int, north: int, grid_poles: tuple[bool, bool] = (False, False)
 ) -> ArrayT:

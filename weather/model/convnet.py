@@ -38,6 +38,7 @@ from weather.model.backbone import (
     NoiseEmbedding,
     SphereGrid,
     SphereUNetConfig,
+    check_inputs,
     multi_head_attention,
     pad_latitude_over_poles,
     pad_sphere,
@@ -153,10 +154,7 @@ class SphereUNet(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.compute_dtype)
         n_lat, n_lon = self.grid.shape
-        if x.ndim != 4 or x.shape[1:3] != (n_lat, n_lon):
-            raise ValueError(f"x must be [batch, {n_lat}, {n_lon}, channels], got {x.shape}")
-        if c_noise.shape != x.shape[:1]:
-            raise ValueError(f"c_noise must be [batch] = {x.shape[:1]}, got {c_noise.shape}")
+        check_inputs(x, c_noise, self.grid)
         levels = len(cfg.channels)
         shapes = level_shapes(self.grid, levels)
         # Only the finest level can have rows on the poles; coarser rows are averages of pairs.

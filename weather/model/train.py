@@ -27,7 +27,7 @@ from flax import serialization
 from weather.data.windows import Batch, Prefetcher, WindowConfig, Windows
 from weather.model.checkpoint import load_checkpoint, save_checkpoint
 from weather.model.denoiser import Forecaster, ModelConfig
-from weather.model.task import Normalization, forcing_channels, state_to_channels
+from weather.model.task import Normalization, TaskConfig, forcing_channels, state_to_channels
 
 LEAD = np.timedelta64(12, "h")
 
@@ -114,6 +114,25 @@ def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
         np.stack([t, t + LEAD], -1), forecaster.longitude, forecaster.latitude.size
     )
     return {"previous": prev, "current": cur, "target": target, "forcings": forc}
+
+
+def task_windows(
+    data: xr.Dataset, task: TaskConfig, period: tuple[Any, Any], batch_size: int, *, seed: int
+) -> Windows:
+    """Training windows of the task's fields over `period` (loaded in the caller's thread)."""
+    return Windows(
+        data,
+        WindowConfig(
+            start=period[0],
+            end=period[1],
+            variables=task.level_variables + task.surface_variables,
+            static_variables=task.static_variables,
+            levels=task.levels,
+            batch_size=batch_size,
+            seed=seed,
+            prefetch=0,
+        ),
+    )
 
 
 def static_channels(dataset: xr.Dataset, forecaster: Forecaster) -> np.ndarray:
@@ -257,18 +276,8 @@ def train(
         elapsed = float(saved["metadata"].get("train_seconds", 0.0))
     static = jnp.asarray(static_channels(train_data, forecaster))
     static_n = forecaster.normalize_static(static)
-    windows = Windows(
-        train_data,
-        WindowConfig(
-            start=train_period[0],
-            end=train_period[1],
-            variables=task.level_variables + task.surface_variables,
-            static_variables=task.static_variables,
-            levels=task.levels,
-            batch_size=train_config.batch_size,
-            seed=train_config.seed,
-            prefetch=0,
-        ),
+    windows = task_windows(
+        train_data, task, train_period, train_config.batch_size, seed=train_config.seed
     )
     val_eval = _validation(forecaster, train_config, validation_data, validation_period, static_n)
 
@@ -358,19 +367,7 @@ def _validation(
     if data is None or period is None:
         return None
     task = forecaster.task
-    windows = Windows(
-        data,
-        WindowConfig(
-            start=period[0],
-            end=period[1],
-            variables=task.level_variables + task.surface_variables,
-            static_variables=task.static_variables,
-            levels=task.levels,
-            batch_size=config.batch_size,
-            seed=12345,
-            prefetch=0,
-        ),
-    )
+    windows = task_windows(data, task, period, config.batch_size, seed=12345)
     # Evenly spaced windows through the period (its seasons), not just its start.
     order = windows.epoch_batches(0)
     picks = np.linspace(0, len(order) - 1, min(config.validation_batches, len(order))).astype(int)

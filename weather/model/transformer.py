@@ -45,6 +45,7 @@ from weather.model.backbone import (
     NoiseEmbedding,
     SphereGrid,
     SphereTransformerConfig,
+    check_inputs,
     multi_head_attention,
     pad_latitude_over_poles,
 )
@@ -191,11 +192,8 @@ class SphereTransformer(nn.Module):
     def __call__(self, x: jax.Array, c_noise: jax.Array) -> jax.Array:
         cfg = self.config
         dtype = jnp.dtype(cfg.compute_dtype)
-        n_lat, n_lon = self.grid.shape
-        if x.ndim != 4 or x.shape[1:3] != (n_lat, n_lon):
-            raise ValueError(f"x must be [batch, {n_lat}, {n_lon}, channels], got {x.shape}")
-        if c_noise.shape != x.shape[:1]:
-            raise ValueError(f"c_noise must be [batch] = {x.shape[:1]}, got {c_noise.shape}")
+        n_lat = self.grid.shape[0]
+        check_inputs(x, c_noise, self.grid)
         b, c = x.shape[0], x.shape[-1]
         p = cfg.patch_size
         hp, wp, south, north = patch_layout(self.grid, cfg)
