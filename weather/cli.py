@@ -352,6 +352,42 @@ def _forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score a forecast archive against the truth (lazy, chunked; local or Dask cluster)",
+        description="Fair CRPS, ensemble-mean RMSE and spread/skill per variable, level and lead, "
+        "area-weighted and averaged over init times. Reads both archives lazily, so an archive "
+        "larger than memory scores on one machine; --scheduler runs the same computation on a "
+        "Dask cluster.",
+    )
+    p.add_argument("--forecast", type=Path, required=True, help="forecast Zarr store")
+    p.add_argument("--truth", type=Path, required=True, help="analysis archive (Zarr/NetCDF)")
+    p.add_argument("--out", type=Path, required=True, help="scores file (.nc or .zarr)")
+    p.add_argument(
+        "--metrics",
+        default="crps,rmse,spread_skill",
+        help="comma-separated: crps, crps_standard, rmse, spread_skill",
+    )
+    p.add_argument("--scheduler", help="address of a Dask scheduler (default: local threads)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _score(args: argparse.Namespace) -> int:
+    from weather.scoring.batch import score_to_file
+
+    score_to_file(
+        args.forecast,
+        args.truth,
+        args.out,
+        args.scheduler,
+        metrics=tuple(args.metrics.split(",")),
+        progress=not args.quiet,
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weather", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -362,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats(data_sub)
     _add_train(commands)
     _add_forecast(commands)
+    _add_score(commands)
     _add_demo(commands)
     return parser
 
@@ -375,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("demo", ""): _demo,
         ("train", ""): _train,
         ("forecast", ""): _forecast,
+        ("score", ""): _score,
     }
     key = (str(args.command), str(getattr(args, "data_command", "")))
     from weather.data.errors import ArchiveError

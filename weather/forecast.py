@@ -26,9 +26,9 @@ import xarray as xr
 from flax import serialization
 
 from weather.data.errors import ArchiveError
+from weather.data.layout import annotate_forecast
 from weather.data.reader import select_window
 from weather.data.times import TimeLike, to_datetime64
-from weather.data.variables import CATALOGUE
 from weather.model.checkpoint import load_checkpoint
 from weather.model.denoiser import Forecaster, ModelConfig
 from weather.model.rollout import Roller, RolloutConfig
@@ -178,24 +178,8 @@ def _forecast_template(
         },
         attrs=attrs,
     )
-    _annotate(ds)
+    annotate_forecast(ds)
     return ds
-
-
-def _annotate(ds: xr.Dataset) -> None:
-    for name in ds.data_vars:
-        entry = CATALOGUE.get(str(name))
-        if entry is not None:
-            ds[name].attrs.update(units=entry.units, long_name=entry.long_name)
-            if entry.standard_name:
-                ds[name].attrs["standard_name"] = entry.standard_name
-    ds["member"].attrs.update(standard_name="realization", long_name="ensemble member")
-    ds["lead_time"].attrs.update(long_name="forecast lead time")
-    ds["init_time"].attrs.update(long_name="forecast initial time")
-    ds["latitude"].attrs.update(units="degrees_north", standard_name="latitude")
-    ds["longitude"].attrs.update(units="degrees_east", standard_name="longitude")
-    if "level" in ds.coords:
-        ds["level"].attrs.update(units="hPa", long_name="pressure level")
 
 
 def forecast(
