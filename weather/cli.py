@@ -419,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return handlers[key](args)
-    except (ArchiveError, ValueError) as err:
+    except (ArchiveError, ValueError, FileExistsError) as err:
         print(f"weather: error: {err}", file=sys.stderr)
         return 2
 

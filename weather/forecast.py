@@ -122,6 +122,12 @@ def initial_states(
                 f"coordinate {coord!r}: the archive's grid ({theirs.size} points) is not the "
                 f"model's ({mine.size} points)"
             )
+    missing_levels = sorted(set(task.levels) - {int(x) for x in archive["level"].values})
+    if task.level_variables and missing_levels:
+        raise ArchiveError(
+            f"coordinate 'level' lacks {missing_levels} hPa, which the model needs; the archive "
+            f"has {[int(x) for x in archive['level'].values]}"
+        )
     times = archive["time"].values
     for needed in (t - STEP, t):
         if needed not in times:

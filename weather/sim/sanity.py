@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from weather.data.grid import cell_area_weights
+from weather.data.reader import open_archive
 from weather.sim.pressure import GRAVITY
 
 
@@ -42,7 +43,8 @@ def sanity_report(archive: str | Path | xr.Dataset) -> dict[str, Any]:
       A JSON-friendly dict: jets (m s-1, degrees), eddy kinetic energy (m2 s-2), z500 variability
       (m), surface pressure (hPa), temperature ranges (K) and the seasonal swing (K).
     """
-    ds = xr.open_zarr(archive) if not isinstance(archive, xr.Dataset) else archive
+    # Through the reader: any supported layout, and a clear error for a bad path.
+    ds = archive if isinstance(archive, xr.Dataset) else open_archive(archive)
     ds = _written(ds)
     lat = ds["latitude"].values
     weights = xr.DataArray(cell_area_weights(lat), dims="latitude", coords={"latitude": lat})
