@@ -133,3 +133,14 @@ def test_year_phase_is_periodic():
     assert year_phase_seconds(t0) == pytest.approx(
         year_phase_seconds(t0 + np.timedelta64(int(365.24219 * 86400), "s")), abs=1.0
     )
+
+
+def test_the_same_settings_spelled_differently_resume_the_same_store(reference):
+    respelled = SimulationConfig(
+        resolution="T21", layers=8, dt_minutes=60.0, spinup_days=2.0, levels=[250, 500, 850, 925]
+    )
+    assert respelled.to_attrs() == CONFIG.to_attrs()
+    before = xr.open_zarr(reference).load()
+    spec = RunSpec(start="2001-03-01", days=2.0, seed=7, chunk_days=1)
+    simulate(reference, config=respelled, spec=spec, native=True, progress=False)
+    xr.testing.assert_identical(xr.open_zarr(reference).load(), before)

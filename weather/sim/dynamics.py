@@ -90,6 +90,22 @@ class SimulationConfig:
     filter_cutoff: float = 0.8
 
     def __post_init__(self) -> None:
+        # One representation per value (60 and 60.0 alike), so that stored configurations compare
+        # equal however they were spelled.
+        for name in (
+            "dt_minutes",
+            "spinup_days",
+            "seasonal_amplitude",
+            "solstice_year_progress",
+            "filter_tau",
+            "filter_order",
+            "filter_cutoff",
+        ):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("layers", "output_hours"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "levels", tuple(int(p) for p in self.levels))
+        object.__setattr__(self, "output_grid", tuple(int(n) for n in self.output_grid))
         if self.resolution not in _RESOLUTIONS:
             raise ValueError(f"resolution: {self.resolution!r} not in {sorted(_RESOLUTIONS)}")
         if self.layers < 4:

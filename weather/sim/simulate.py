@@ -65,6 +65,9 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", np.asarray(self.start, dtype="datetime64[ns]")[()])
+        object.__setattr__(self, "days", float(self.days))
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "chunk_days", int(self.chunk_days))
         if self.days <= 0:
             raise ValueError(f"days: must be positive, got {self.days}")
         if self.chunk_days < 1:
@@ -187,14 +190,16 @@ def _store_attrs(config: SimulationConfig, spec: RunSpec) -> dict[str, Any]:
     }
 
 
-def _create_store(path: Path, model: HeldSuarezModel, spec: RunSpec, native: bool) -> None:
+def _create_store(
+    path: Path, model: HeldSuarezModel, config: SimulationConfig, spec: RunSpec, native: bool
+) -> None:
     times = _archive_times(model.config, spec)
     tmp = path.with_name(path.name + ".creating")
     if tmp.exists():
         shutil.rmtree(tmp)
     templates = _template(model, times, native)
     for group, ds in templates.items():
-        ds.attrs = _store_attrs(model.config, spec)
+        ds.attrs = _store_attrs(config, spec)
         encoding = {
             "time": {
                 "units": "hours since 1970-01-01",
@@ -268,7 +273,7 @@ def simulate(
             "simulation_days",
             "simulation_chunk_days",
         ):
-            if str(existing.get(key)) != str(attrs[key]):
+            if _parsed(existing.get(key)) != _parsed(attrs[key]):
                 raise ArchiveError(
                     f"{path}: exists with a different {key} ({existing.get(key)!r} != "
                     f"{attrs[key]!r}); choose another output path to keep what is stored"
@@ -277,7 +282,7 @@ def simulate(
             raise ArchiveError(f"{path}: exists without the native group; rerun without --native")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _create_store(path, model, spec, native)
+        _create_store(path, model, config, spec, native)
     native = native or "native" in _groups(path)
 
     times = _archive_times(config, spec)
@@ -324,6 +329,16 @@ def _check_finite(diags: dict[str, np.ndarray], times: np.ndarray) -> None:
                 "the model is unstable with these settings (shorter dt_minutes or a stronger "
                 "filter); the store keeps everything before this chunk"
             )
+
+
+def _parsed(value: Any) -> Any:
+    """A stored attribute as a value (JSON text parsed), so 60 and 60.0 compare equal."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _sidecar(path: Path, suffix: str) -> Path:
