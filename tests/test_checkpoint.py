@@ -41,3 +41,26 @@ def test_garbage_and_missing_files_are_refused(tmp_path):
     bad.write_bytes(b"\x00\x01not msgpack at all")
     with pytest.raises(ValueError, match=r"bad\.msgpack"):
         load_checkpoint(bad)
+
+
+def test_export_keeps_what_inference_needs_and_drops_the_training_state(tmp_path):
+    from weather.model.checkpoint import export_checkpoint
+
+    rng = np.random.default_rng(1)
+    ema = {"params": {"w": rng.normal(size=(64, 64)).astype("f4")}}
+    raw = {"params": {"w": rng.normal(size=(64, 64)).astype("f4")}}
+    source = save_checkpoint(
+        tmp_path / "run.msgpack",
+        configs={"model": {"a": 1}},
+        normalization={"mean": np.ones(3, "f4")},
+        params=ema,
+        metadata={"history": [1, 2]},
+        train={"params": raw, "opt_state": {"mu": raw, "nu": raw}, "step": 42},
+    )
+    out = export_checkpoint(source, tmp_path / "ship.msgpack", metadata={"note": "shipped"})
+    saved = load_checkpoint(out)
+    assert "train" not in saved
+    assert saved["configs"] == {"model": {"a": 1}}
+    assert saved["metadata"] == {"history": [1, 2], "note": "shipped", "exported_from_step": 42}
+    np.testing.assert_array_equal(saved["params"]["params"]["w"], ema["params"]["w"])
+    assert out.stat().st_size < source.stat().st_size / 3

@@ -499,3 +499,40 @@ def test_the_finite_check_computes_the_window_only():
     ds["2m_temperature"] = (ds["2m_temperature"].dims, lazy)
     window = reader.select_window(ds, "2020-01-01T06", "2020-01-02T06")
     np.testing.assert_array_equal(window["2m_temperature"], reference()["2m_temperature"][1:])
+
+
+def test_open_archives_joins_runs_in_time_with_a_gap_no_window_straddles(tmp_path: Path):
+    from conftest import synthetic_archive
+
+    from weather.data.windows import window_indices
+
+    first = synthetic_archive(days=3, start="2001-01-01", seed=1)
+    second = synthetic_archive(days=3, start="2001-01-05", seed=2)  # one day after the first ends
+    paths = []
+    for i, ds in enumerate((second, first)):  # any order in, time order out
+        path = tmp_path / f"part{i}.zarr"
+        ds.to_zarr(path, consolidated=True)
+        paths.append(path)
+    joined = reader.open_archives(paths)
+    expected = xr.concat([first, second], dim="time", data_vars="minimal")
+    np.testing.assert_array_equal(joined["time"].values, expected["time"].values)
+    for name in ("temperature", "surface_pressure", "geopotential_at_surface"):
+        np.testing.assert_array_equal(joined[name].values, expected[name].values)
+    assert "time" not in joined["geopotential_at_surface"].dims
+    windows = window_indices(joined["time"].values, start="2001-01-01", end="2001-01-08T18")
+    per_part = 2 * len(window_indices(first["time"].values, start="2001", end="2002"))
+    assert len(windows) == per_part  # the gap removes every window across the seam
+
+
+def test_open_archives_rejects_overlap_and_grid_mismatch(tmp_path: Path):
+    from conftest import synthetic_archive
+
+    a = synthetic_archive(days=3, start="2001-01-01")
+    b = synthetic_archive(days=3, start="2001-01-02")
+    with pytest.raises(ArchiveError, match="overlaps"):
+        reader.open_archives([a, b])
+    c = synthetic_archive(n_lat=8, n_lon=16, days=3, start="2001-02-01")
+    with pytest.raises(ArchiveError, match="'latitude'"):
+        reader.open_archives([a, c])
+    with pytest.raises(ArchiveError, match="at least one"):
+        reader.open_archives([])

@@ -1,5 +1,7 @@
 """The simulated archive: layout, physics ranges, determinism, resumption and safety."""
 
+import itertools
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -144,3 +146,25 @@ def test_the_same_settings_spelled_differently_resume_the_same_store(reference):
     spec = RunSpec(start="2001-03-01", days=2.0, seed=7, chunk_days=1)
     simulate(reference, config=respelled, spec=spec, native=True, progress=False)
     xr.testing.assert_identical(xr.open_zarr(reference).load(), before)
+
+
+def test_standard_splits_are_disjoint_and_train_is_ten_years_in_two_runs():
+    from weather.sim.splits import SPLITS, split_names
+
+    assert split_names("train") == ("train-1", "train-2")
+    assert split_names("val") == ("val",)
+    with pytest.raises(ValueError, match="split"):
+        split_names("bogus")
+    train = [SPLITS[name] for name in split_names("train")]
+    assert sum(spec.days for spec in train) >= 3652  # at least ten years
+    assert len({spec.seed for spec in SPLITS.values()}) == len(SPLITS)  # independent weather
+    spans = sorted(
+        (spec.start, spec.start + np.timedelta64(int(spec.days * 86400), "s"))
+        for spec in SPLITS.values()
+    )
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end  # no two splits share a time
+    # The training runs are joined into one archive: a gap of at least 12 h after the first's
+    # last time (end - 6 h) keeps every 12 h window inside one run.
+    first_end = train[0].start + np.timedelta64(int(train[0].days * 86400), "s")
+    assert train[1].start - (first_end - np.timedelta64(6, "h")) > np.timedelta64(12, "h")

@@ -86,3 +86,39 @@ def test_checkpoint_rebuilds_the_model_exactly_and_refuses_other_configs(
     assert loaded.forecaster.config == tiny_model_config()
     with pytest.raises(ValueError, match="other configs"):
         _train(tmp_path, archive, statistics, steps=4)
+
+
+def test_the_ema_warms_up_then_decays_at_its_rate(tmp_path, archive, statistics):
+    """EMA_t = d_t EMA_{t-1} + (1 - d_t) p_t with d_t = min(decay, (1 + t) / (10 + t)), t from 0."""
+    import jax.numpy as jnp
+
+    from weather.model.task import Normalization
+    from weather.model.train import _setup, batch_arrays, static_channels, task_windows
+
+    config = TrainConfig(steps=10, batch_size=1, warmup_steps=0, ema_decay=0.5)
+    model = tiny_model_config()
+    norm = Normalization.from_statistics(model.task, statistics)
+    lat, lon = archive["latitude"].values, archive["longitude"].values
+    forecaster, step_fn = _setup(model, config, norm, lat, lon)
+    params = forecaster.init_params(jax.random.PRNGKey(0))
+    ema0 = jax.tree_util.tree_map(jnp.copy, params)
+    opt_state = config.optimizer().init(params)
+    static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster)))
+    windows = task_windows(archive, model.task, PERIOD, 1, seed=0)
+    arrays = {k: jnp.asarray(v) for k, v in batch_arrays(windows.load([0]), forecaster).items()}
+    expected_ema = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), ema0)
+    ema = ema0
+    for t, decay in enumerate(
+        [1 / 10, 2 / 11, 3 / 12, 4 / 13, 5 / 14, 6 / 15, 7 / 16, 8 / 17, 0.5]
+    ):
+        key = jax.random.PRNGKey(t)
+        params, ema, opt_state, _, _ = step_fn(
+            params, ema, opt_state, key, arrays, static, jnp.asarray(t, jnp.int32)
+        )
+        expected_ema = jax.tree_util.tree_map(
+            lambda e, p, d=decay: d * e + (1 - d) * np.array(p, copy=True), expected_ema, params
+        )
+        for got, want in zip(
+            jax.tree_util.tree_leaves(ema), jax.tree_util.tree_leaves(expected_ema), strict=True
+        ):
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)

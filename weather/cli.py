@@ -23,14 +23,19 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, help="Zarr store to write (default: data/era5sim/SPLIT.zarr)"
     )
-    p.add_argument("--split", choices=["train", "val", "test"], help="a standard period")
+    p.add_argument(
+        "--split",
+        choices=["train", "train-1", "train-2", "val", "test"],
+        help="a standard period; 'train' is two independent runs (train-1, train-2), which two "
+        "processes can simulate at once",
+    )
     p.add_argument("--start", help="first archive time, ISO 8601 (UTC)")
     p.add_argument("--days", type=float, help="simulated days written to the archive")
     p.add_argument("--seed", type=int, help="seed of the run's initial perturbation")
     p.add_argument("--chunk-days", type=int, help="days per write/checkpoint (default 10)")
-    p.add_argument("--resolution", default="T42", help="T21, T31, T42 or T85 (default T42)")
-    p.add_argument("--layers", type=int, default=12, help="sigma levels (default 12)")
-    p.add_argument("--dt-minutes", type=float, default=30.0, help="model time step (default 30)")
+    p.add_argument("--resolution", default="T31", help="T21, T31, T42 or T85 (default T31)")
+    p.add_argument("--layers", type=int, default=10, help="sigma levels (default 10)")
+    p.add_argument("--dt-minutes", type=float, default=40.0, help="model time step (default 40)")
     p.add_argument("--spinup-days", type=float, default=300.0, help="spin-up (default 300 days)")
     p.add_argument("--seasonal-amplitude", type=float, default=15.0, help="K (default 15)")
     p.add_argument("--flat", action="store_true", help="no orography (flat planet)")
@@ -51,15 +56,11 @@ def _simulate(args: argparse.Namespace) -> int:
     from weather.data.variables import WB2_LEVELS
     from weather.sim.dynamics import SimulationConfig
     from weather.sim.simulate import RunSpec, read_progress, simulate
-    from weather.sim.splits import SPLITS
+    from weather.sim.splits import SPLITS, split_names
 
-    base = SPLITS[args.split] if args.split else RunSpec(start=np.datetime64("2000-01-01"), days=30)
-    spec = RunSpec(
-        start=np.datetime64(args.start) if args.start else base.start,
-        days=args.days if args.days is not None else base.days,
-        seed=args.seed if args.seed is not None else base.seed,
-        chunk_days=args.chunk_days if args.chunk_days is not None else base.chunk_days,
-    )
+    names = split_names(args.split) if args.split else ("custom",)
+    if len(names) > 1 and args.out:
+        raise SystemExit(f"--out: split {args.split!r} writes {len(names)} stores; drop --out")
     levels = tuple(int(x) for x in args.levels.split(",")) if args.levels else WB2_LEVELS
     config = SimulationConfig(
         resolution=args.resolution,
@@ -70,16 +71,24 @@ def _simulate(args: argparse.Namespace) -> int:
         orography=not args.flat,
         levels=levels,
     )
-    out = args.out or DEFAULT_DATA_DIR / "era5sim" / f"{args.split or 'custom'}.zarr"
-    simulate(
-        out,
-        config=config,
-        spec=spec,
-        native=args.native,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-    )
-    print(json.dumps({"store": str(out), "progress": read_progress(out)}, indent=1))
+    for name in names:
+        base = SPLITS.get(name) or RunSpec(start=np.datetime64("2000-01-01"), days=30)
+        spec = RunSpec(
+            start=np.datetime64(args.start) if args.start else base.start,
+            days=args.days if args.days is not None else base.days,
+            seed=args.seed if args.seed is not None else base.seed,
+            chunk_days=args.chunk_days if args.chunk_days is not None else base.chunk_days,
+        )
+        out = args.out or DEFAULT_DATA_DIR / "era5sim" / f"{name}.zarr"
+        simulate(
+            out,
+            config=config,
+            spec=spec,
+            native=args.native,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
+        print(json.dumps({"store": str(out), "progress": read_progress(out)}, indent=1))
     return 0
 
 
@@ -125,48 +134,37 @@ def _stats(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="the embedded main job: simulate a short archive, check it, and plot it",
-        description="Simulate a short ERA5-style archive (T21, 60 days after a 120-day spin-up), "
-        "read it back through the archive reader, print its physical sanity check, compute its "
-        "normalisation statistics and write an overview PNG, all under --data-dir.",
+        help="the embedded main job: a scored 15-day ensemble from the shipped checkpoint",
+        description="Simulate the embedded analysis archive (the test run's first 17 days, from "
+        "the shipped spun-up state), run an ensemble forecast from the shipped checkpoint, score "
+        "it and persistence against the simulated truth, and write the archive, forecast, "
+        "scores, summary and a figure under --data-dir.",
     )
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR / "demo")
-    p.add_argument("--days", type=float, default=60.0, help="simulated days (default 60)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--init", default="1991-01-02T00", help="initial time (default 1991-01-02T00)")
+    p.add_argument("--lead-days", type=float, default=15.0, help="forecast length (default 15)")
+    p.add_argument("--members", type=int, default=8, help="ensemble size (default 8)")
+    p.add_argument("--sampler-steps", type=int, help="noise levels N (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import numpy as np
+    from weather.demo import DemoConfig, format_summary, run_demo
 
-    from weather.data.reader import open_archive
-    from weather.data.statistics import compute_statistics, save_statistics
-    from weather.plots import archive_overview
-    from weather.sim.dynamics import SimulationConfig
-    from weather.sim.sanity import format_report, sanity_report
-    from weather.sim.simulate import RunSpec, simulate
-
-    out = args.data_dir
-    config = SimulationConfig(resolution="T21", layers=8, spinup_days=120)
-    spec = RunSpec(start=np.datetime64("2000-01-01"), days=args.days, seed=0, chunk_days=10)
-    store = simulate(
-        out / "archive.zarr",
-        config=config,
-        spec=spec,
-        cache_dir=out / "cache",
-        progress=not args.quiet,
+    config = DemoConfig(
+        data_dir=args.data_dir,
+        checkpoint=args.checkpoint,
+        init_time=args.init,
+        lead_days=args.lead_days,
+        members=args.members,
+        sampler_steps=args.sampler_steps,
+        seed=args.seed,
     )
-    ds = open_archive(store)
-    print(f"\narchive {store}:")
-    print(ds)
-    print("\nphysical sanity check:")
-    print(format_report(sanity_report(ds)))
-    names = [str(v) for v in ds.data_vars]
-    stats = compute_statistics(
-        ds, names, start=ds["time"].values[0], end=ds["time"].values[-1], source=str(store)
-    )
-    save_statistics(stats, out / "statistics.nc")
-    png = archive_overview(ds, -1, out / "overview.png")
-    print(f"\nwrote {out / 'statistics.nc'} and {png}")
+    summary = run_demo(config, progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"\nwrote {summary['forecast']}, {summary['figure']} and {args.data_dir / 'scores.nc'}")
     return 0
 
 
@@ -177,7 +175,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a forecaster. Run the same command again to resume from the run "
         "directory's checkpoint.",
     )
-    p.add_argument("--train-archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/train.zarr")
+    p.add_argument(
+        "--train-archive",
+        type=Path,
+        nargs="+",
+        default=[
+            DEFAULT_DATA_DIR / "era5sim/train-1.zarr",
+            DEFAULT_DATA_DIR / "era5sim/train-2.zarr",
+        ],
+        help="one or more archives, joined along time (default: the two training runs)",
+    )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read training windows from disk through dask instead of loading the training "
+        "fields into memory first (5.6 GB for ten years of 13 levels at 5.625 deg)",
+    )
     p.add_argument("--train-period", help="START,END (default: the whole training archive)")
     p.add_argument("--val-archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/val.zarr")
     p.add_argument("--val-period", help="START,END (default: the whole validation archive)")
@@ -192,6 +205,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=8, help="transformer blocks")
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--patch", type=int, default=2, help="transformer patch size")
+    p.add_argument(
+        "--unet-channels", default="64,128,256", help="U-Net widths per level, finest first"
+    )
     p.add_argument("--levels", help="comma-separated model levels (default: all archive levels)")
     p.add_argument("--noise", choices=["spherical", "iid"], default="spherical")
     p.add_argument("--steps", type=int, default=20_000)
@@ -201,6 +217,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--validate-every", type=int, default=500)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop after this many minutes of this call (checkpointed; run again to resume)",
+    )
     p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--quiet", action="store_true")
 
@@ -213,14 +235,14 @@ def _period(text: str | None, ds: Any) -> tuple[Any, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from weather.data.reader import open_archive
+    from weather.data.reader import open_archive, open_archives
     from weather.data.statistics import compute_statistics, load_statistics, save_statistics
     from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
     from weather.model.denoiser import ModelConfig
     from weather.model.task import TaskConfig
     from weather.model.train import TrainConfig, train
 
-    train_ds = open_archive(args.train_archive)
+    train_ds = open_archives(args.train_archive)
     train_period = _period(args.train_period, train_ds)
     val_ds = open_archive(args.val_archive) if args.val_archive.exists() else None
     val_period = _period(args.val_period, val_ds) if val_ds is not None else None
@@ -230,6 +252,12 @@ def _train(args: argparse.Namespace) -> int:
         else tuple(int(x) for x in train_ds["level"].values)
     )
     task = TaskConfig(levels=levels)
+    if not args.stream:
+        names = [*task.level_variables, *task.surface_variables, *task.static_variables]
+        subset = train_ds[names].sel(level=list(levels))
+        print(f"loading the training fields ({subset.nbytes / 1e9:.1f} GB) into memory")
+        train_ds = subset.load()
+    sources = ",".join(str(p) for p in args.train_archive)
     stats_path = args.statistics or args.run_dir / "statistics.nc"
     if stats_path.exists():
         stats = load_statistics(stats_path)
@@ -240,7 +268,7 @@ def _train(args: argparse.Namespace) -> int:
             names,
             start=train_period[0],
             end=train_period[1],
-            source=str(args.train_archive),
+            source=sources,
         )
         save_statistics(stats, stats_path)
     if args.arch == "transformer":
@@ -252,7 +280,10 @@ def _train(args: argparse.Namespace) -> int:
             compute_dtype=args.compute_dtype,
         )
     else:
-        backbone = SphereUNetConfig(compute_dtype=args.compute_dtype)
+        backbone = SphereUNetConfig(
+            channels=tuple(int(c) for c in args.unet_channels.split(",")),
+            compute_dtype=args.compute_dtype,
+        )
     model_config = ModelConfig(task=task, backbone=backbone, noise=args.noise)
     train_config = TrainConfig(
         steps=args.steps,
@@ -262,6 +293,7 @@ def _train(args: argparse.Namespace) -> int:
         ema_decay=args.ema_decay,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
     )
     path = train(
         run_dir=args.run_dir,
@@ -273,8 +305,9 @@ def _train(args: argparse.Namespace) -> int:
         validation_data=val_ds,
         validation_period=val_period,
         progress=not args.quiet,
+        stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
         metadata={
-            "train_archive": str(args.train_archive),
+            "train_archive": sources,
             "train_period": [str(x) for x in train_period],
             "val_archive": str(args.val_archive),
         },
@@ -352,6 +385,102 @@ def _forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="forecast spaced test inits with the model and the baselines, score them all",
+        description="Run the model and the baselines from --inits init times spaced "
+        "--spacing-days apart in the analysis archive, score every forecaster against it, and "
+        "print the skill table. Forecasts and scores land under --out-dir; rerunning resumes.",
+    )
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/test.zarr")
+    p.add_argument(
+        "--climatology-archive",
+        type=Path,
+        nargs="+",
+        default=[
+            DEFAULT_DATA_DIR / "era5sim/train-1.zarr",
+            DEFAULT_DATA_DIR / "era5sim/train-2.zarr",
+        ],
+        help="training archives whose whole years make the climatological ensemble",
+    )
+    p.add_argument("--out-dir", type=Path, default=DEFAULT_DATA_DIR / "eval")
+    p.add_argument("--inits", type=int, default=30, help="number of init times (default 30)")
+    p.add_argument("--spacing-days", type=float, default=20.0, help="days between inits")
+    p.add_argument("--first", help="first init time (default: the archive's first + 12 h)")
+    p.add_argument("--lead-days", type=float, default=15.0)
+    p.add_argument("--members", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler-steps", type=int, help="the model's noise levels (default: its own)")
+    p.add_argument(
+        "--models",
+        default="model,persistence,climatology",
+        help="comma-separated forecasters: model, persistence, climatology",
+    )
+    p.add_argument("--quiet", action="store_true")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from weather.data.reader import open_archive, open_archives
+    from weather.evaluate import (
+        EvaluationConfig,
+        run_baseline,
+        run_model,
+        score,
+        skill_table,
+        spaced_inits,
+        standard_baselines,
+    )
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    known = {"model", "persistence", "climatology"}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; choose from {sorted(known)}")
+    lead_hours = round(args.lead_days * 24)
+    config = EvaluationConfig(
+        out_dir=args.out_dir,
+        lead_hours=lead_hours,
+        members=args.members,
+        seed=args.seed,
+        sampler_steps=args.sampler_steps,
+    )
+    archive = open_archive(args.archive)
+    inits = spaced_inits(archive, args.inits, args.spacing_days, lead_hours, args.first)
+    say = None if args.quiet else (lambda text: print(text, flush=True))
+    clim = open_archives(args.climatology_archive) if "climatology" in names else None
+    baselines = standard_baselines(clim)
+    for name in names:
+        if name == "model":
+            run_model(config, args.checkpoint, archive, inits, progress=say)
+        else:
+            run_baseline(config, name, baselines[name], archive, inits, progress=say)
+    scores = score(config, names, archive, inits)
+    print(skill_table(scores))
+    print(f"\nscores: {args.out_dir / 'scores.nc'}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an inference-only copy of a training checkpoint (for shipping)",
+        description="Copy a training checkpoint's EMA parameters, configs, normalisation and "
+        "metadata into a smaller file without the optimiser state.",
+    )
+    p.add_argument("source", type=Path, help="checkpoint written by 'weather train'")
+    p.add_argument("target", type=Path, help="file to write")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from weather.model.checkpoint import export_checkpoint
+
+    out = export_checkpoint(args.source, args.target)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "score",
@@ -399,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_forecast(commands)
     _add_score(commands)
+    _add_evaluate(commands)
+    _add_export(commands)
     _add_demo(commands)
     return parser
 
@@ -413,12 +544,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("train", ""): _train,
         ("forecast", ""): _forecast,
         ("score", ""): _score,
+        ("evaluate", ""): _evaluate,
+        ("export", ""): _export,
     }
     key = (str(args.command), str(getattr(args, "data_command", "")))
     from weather.data.errors import ArchiveError
 
     try:
-        return handlers[key](args)
+        return (getattr(args, "handler", None) or handlers[key])(args)
     except (ArchiveError, ValueError, FileExistsError) as err:
         print(f"weather: error: {err}", file=sys.stderr)
         return 2

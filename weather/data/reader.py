@@ -111,6 +111,76 @@ def open_archive(
     return ds
 
 
+def open_archives(
+    sources: Sequence[Source],
+    *,
+    variables: Sequence[str] | None = None,
+    levels: Sequence[float] | None = None,
+    chunks: Chunks = "auto",
+) -> xr.Dataset:
+    """Several archives of one grid (e.g. independent runs) as one, concatenated along time.
+
+    Time-varying fields are joined in time order; static fields and the grid must agree. The
+    result's time axis may have gaps between the parts (one run ends, the next starts later),
+    which windows and scores treat as missing times, so nothing straddles two parts.
+
+    Args:
+      sources: paths or open Datasets; one source is returned as `open_archive` returns it.
+      variables, levels, chunks: as for `open_archive`.
+
+    Raises:
+      ArchiveError: an empty list; parts with different grids, levels, variables or static
+        fields; or time ranges that overlap (naming both sources).
+    """
+    if not sources:
+        raise ArchiveError("archives: need at least one source")
+    parts = [open_archive(s, variables=variables, levels=levels, chunks=chunks) for s in sources]
+    names = [
+        str(s) if not isinstance(s, xr.Dataset) else f"dataset #{i}" for i, s in enumerate(sources)
+    ]
+    first = parts[0]
+    for name, part in zip(names[1:], parts[1:], strict=True):
+        for coord in ("latitude", "longitude", "level"):
+            if (coord in first.coords) != (coord in part.coords) or (
+                coord in first.coords
+                and not np.array_equal(first[coord].values, part[coord].values)
+            ):
+                raise ArchiveError(f"coordinate {coord!r} of {name} differs from {names[0]}'s")
+        if set(first.data_vars) != set(part.data_vars):
+            raise ArchiveError(
+                f"variables of {name} ({sorted(map(str, part.data_vars))}) differ from "
+                f"{names[0]}'s ({sorted(map(str, first.data_vars))})"
+            )
+    order = np.argsort([p["time"].values[0] for p in parts], kind="stable")
+    parts = [parts[i] for i in order]
+    names = [names[i] for i in order]
+    for i in range(len(parts) - 1):
+        last, first_next = parts[i]["time"].values[-1], parts[i + 1]["time"].values[0]
+        if last >= first_next:
+            raise ArchiveError(
+                f"coordinate 'time' of {names[i]} (to {last}) overlaps {names[i + 1]} "
+                f"(from {first_next})"
+            )
+    if len(parts) == 1:
+        return parts[0]
+    static = [n for n, v in first.data_vars.items() if "time" not in v.dims]
+    for name, part in zip(names[1:], parts[1:], strict=True):
+        for var in static:
+            if not np.allclose(first[var].values, part[var].values, rtol=1e-6, atol=1e-6):
+                raise ArchiveError(f"static variable {var!r} of {name} differs from {names[0]}'s")
+    dynamic = [p.drop_vars(static) for p in parts]
+    joined = xr.concat(
+        dynamic,
+        dim="time",
+        data_vars="all",
+        coords="minimal",
+        join="exact",
+        compat="equals",
+        combine_attrs="drop_conflicts",
+    )
+    return joined.assign({var: first[var] for var in static})
+
+
 def canonicalize(ds: xr.Dataset, *, variables: Sequence[str] | None = None) -> xr.Dataset:
     """Maps an archive's names, dims, coordinates and units onto the canonical layout.
 

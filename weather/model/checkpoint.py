@@ -89,3 +89,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     payload["configs"] = json.loads(payload["configs"])
     payload["metadata"] = json.loads(payload["metadata"])
     return payload
+
+
+def export_checkpoint(
+    source: str | Path, target: str | Path, *, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write an inference-only copy of a training checkpoint (EMA parameters, configs,
+    normalisation, metadata; no optimiser state or raw parameters, about a third of the size).
+
+    Args:
+      source: a checkpoint written by training.
+      target: the file to write (atomically).
+      metadata: entries added to (or replacing) the source's metadata, e.g. provenance.
+    """
+    saved = load_checkpoint(source)
+    meta = dict(saved["metadata"])
+    meta.update(metadata or {})
+    meta["exported_from_step"] = int(saved["train"]["step"]) if "train" in saved else None
+    return save_checkpoint(
+        target,
+        configs=saved["configs"],
+        normalization=saved["normalization"],
+        params=saved["params"],
+        metadata=meta,
+    )

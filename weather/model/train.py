@@ -45,7 +45,8 @@ class TrainConfig:
       weight_decay: AdamW's decoupled weight decay.
       b1, b2: Adam's moment decays.
       grad_clip: global-norm clipping threshold.
-      ema_decay: decay of the parameters' exponential moving average (used for inference).
+      ema_decay: decay of the parameters' exponential moving average (used for inference),
+        reached after a warm-up: step t uses min(ema_decay, (1 + t) / (10 + t)).
       seed: parameter initialisation, data order and noise draws.
       checkpoint_every, log_every, validate_every: in steps.
       validation_batches: fixed validation batches (same windows and noise every time).
@@ -146,7 +147,7 @@ def static_channels(dataset: xr.Dataset, forecaster: Forecaster) -> np.ndarray:
 def make_train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any]:
     optimizer = config.optimizer()
 
-    def step(params, ema, opt_state, key, arrays, static):
+    def step(params, ema, opt_state, key, arrays, static, step_number):
         def loss_fn(p):
             return forecaster.loss(
                 p,
@@ -161,7 +162,11 @@ def make_train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[...
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        ema = optax.incremental_update(params, ema, 1.0 - config.ema_decay)
+        # EMA warm-up (as TensorFlow's num_updates): the decay grows as (1 + t) / (10 + t) up to
+        # ema_decay, so early on the average follows the training instead of the random start.
+        t = step_number.astype(jnp.float32)
+        decay = jnp.minimum(config.ema_decay, (1.0 + t) / (10.0 + t))
+        ema = optax.incremental_update(params, ema, 1.0 - decay)
         return params, ema, opt_state, loss, optax.tree.norm(grads)
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
@@ -223,6 +228,7 @@ def train(
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    stop_after_seconds: float | None = None,
 ) -> Path:
     """Train (or resume) a forecaster; returns the checkpoint path.
 
@@ -236,6 +242,8 @@ def train(
       metadata: provenance recorded in the checkpoint.
       progress: show a progress bar.
       stop_after: stop after this many steps of this call (as an interruption would); for tests.
+      stop_after_seconds: stop once this call has trained this long (wall clock, s); the run
+        resumes from there when called again, so a long training can run in fixed-length sittings.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -310,15 +318,27 @@ def train(
     batches = _batches(windows, state.step, train_config.prefetch)
     losses: list[float] = []
     done_here = 0
+    started = wallclock.perf_counter()
     try:
         while state.step < train_config.steps:
             if stop_after is not None and done_here >= stop_after:
+                break
+            if (
+                stop_after_seconds is not None
+                and wallclock.perf_counter() - started >= stop_after_seconds
+            ):
                 break
             t0 = wallclock.perf_counter()
             arrays = {k: jnp.asarray(v) for k, v in batch_arrays(next(batches), forecaster).items()}
             step_key = jax.random.fold_in(jax.random.fold_in(key, 1), state.step)
             params, ema, opt_state, loss, gnorm = step_fn(
-                state.params, state.ema, state.opt_state, step_key, arrays, static_n
+                state.params,
+                state.ema,
+                state.opt_state,
+                step_key,
+                arrays,
+                static_n,
+                jnp.asarray(state.step, jnp.int32),
             )
             state = TrainState(params=params, ema=ema, opt_state=opt_state, step=state.step + 1)
             losses.append(float(loss))

@@ -74,9 +74,12 @@ class SimulationConfig:
       filter_tau, filter_order, filter_cutoff: the exponential hyper-diffusion step filter.
     """
 
-    resolution: str = "T42"
-    layers: int = 12
-    dt_minutes: float = 30.0
+    # T31 L10 with a 40 min step: 2.4x cheaper per simulated day than T42 L12 at 30 min (0.69 vs
+    # 1.67 s measured in one process), with the same advective Courant number (N dt equal), and
+    # still well beyond what the 5.625 deg archive grid resolves (about T21).
+    resolution: str = "T31"
+    layers: int = 10
+    dt_minutes: float = 40.0
     output_hours: int = 6
     spinup_days: float = 300.0
     seasonal_amplitude: float = 15.0

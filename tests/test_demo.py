@@ -1,0 +1,98 @@
+"""The embedded main job, end to end on a short lead with a tiny checkpoint."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from weather.data.reader import open_archive
+from weather.data.statistics import compute_statistics
+from weather.demo import DemoConfig, embedded_archive, format_summary, run_demo
+from weather.model.backbone import SphereTransformerConfig
+from weather.model.denoiser import ModelConfig
+from weather.model.sampler import SamplerConfig
+from weather.model.task import TaskConfig
+from weather.model.train import TrainConfig, train
+from weather.sim.dynamics import SimulationConfig
+from weather.sim.splits import SPLITS
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):  # type: ignore[no-untyped-def]
+    return tmp_path_factory.mktemp("demo")
+
+
+def test_the_embedded_archive_is_the_test_run_from_the_shipped_state(demo_dir):
+    store = embedded_archive(demo_dir, days=3, progress=False)
+    ds = open_archive(store)
+    assert ds.sizes["time"] == 12
+    assert str(ds["time"].values[0])[:13] == "1991-01-01T00"
+    attrs = xr.open_zarr(store).attrs
+    assert json.loads(attrs["simulation_config"]) == json.loads(
+        json.dumps(SimulationConfig().to_attrs())
+    )
+    assert attrs["simulation_seed"] == SPLITS["test"].seed
+    # Spun up: a rested atmosphere would have no jets and no eddies.
+    u250 = ds["u_component_of_wind"].sel(level=250).isel(time=0)
+    assert float(u250.mean("longitude").max()) > 15.0
+    assert float(u250.std("longitude").max()) > 3.0
+
+
+def test_the_demo_forecasts_scores_and_reports(demo_dir):
+    store = embedded_archive(demo_dir, days=3, progress=False)
+    ds = open_archive(store)
+    task = TaskConfig(levels=tuple(int(x) for x in ds["level"].values))
+    names = [*task.level_variables, *task.surface_variables, *task.static_variables]
+    stats = compute_statistics(ds, names, start="1991-01-01", end="1991-01-03T18")
+    model = ModelConfig(
+        task=task,
+        backbone=SphereTransformerConfig(
+            patch_size=4,
+            d_model=16,
+            num_layers=1,
+            num_heads=2,
+            mlp_ratio=2,
+            conditioning_dim=16,
+            noise_frequencies=4,
+        ),
+        sampler=SamplerConfig(num_steps=2),
+    )
+    ckpt = train(
+        run_dir=demo_dir / "run",
+        model_config=model,
+        train_config=TrainConfig(steps=2, batch_size=1, warmup_steps=0, log_every=1),
+        train_data=ds,
+        train_period=("1991-01-01", "1991-01-03T18"),
+        statistics=stats,
+        progress=False,
+    )
+    config = DemoConfig(
+        data_dir=demo_dir,
+        checkpoint=ckpt,
+        init_time="1991-01-01T12",
+        lead_days=1,
+        members=2,
+        archive_days=3,
+    )
+    summary = run_demo(config, progress=False)
+
+    scores = xr.open_dataset(demo_dir / "scores.nc")
+    # Persistence's CRPS is its area-weighted mean absolute error: recompute it by hand.
+    truth = ds["geopotential"].sel(level=500)
+    error = np.abs(truth.sel(time="1991-01-02T12") - truth.sel(time="1991-01-01T12"))
+    weights = np.cos(np.deg2rad(ds["latitude"]))  # equiangular cells: area ∝ cos(lat)
+    expected = float(error.weighted(weights).mean())
+    got = scores["crps_persistence"].sel(
+        target="geopotential@500", lead_time=np.timedelta64(1, "D")
+    )
+    np.testing.assert_allclose(float(got), expected, rtol=1e-3)
+    assert np.isfinite(scores["crps_model"]).all()
+    assert summary["crps"]["temperature@850"]["1d"]["model"] > 0
+    text = format_summary(summary)
+    assert "geopotential@500" in text and "persistence" in text
+    assert (demo_dir / "forecast.png").exists()
+    assert json.loads((demo_dir / "summary.json").read_text()) == summary
+    with pytest.raises(ValueError, match="init_time"):
+        run_demo(dataclasses.replace(config, lead_days=3), progress=False)
