@@ -96,3 +96,29 @@ def test_the_demo_forecasts_scores_and_reports(demo_dir):
     assert json.loads((demo_dir / "summary.json").read_text()) == summary
     with pytest.raises(ValueError, match="init_time"):
         run_demo(dataclasses.replace(config, lead_days=3), progress=False)
+
+
+def test_the_shipped_checkpoint_rolls_out_15_days_without_nan(demo_dir):
+    """30 steps of 12 h from the test analysis stay finite and physical (4 noise levels: fast)."""
+    from weather.cli import DEFAULT_CHECKPOINT
+    from weather.forecast import forecast, load_forecaster
+    from weather.model.rollout import RolloutConfig
+
+    ds = open_archive(embedded_archive(demo_dir, days=3, progress=False))
+    model = load_forecaster(DEFAULT_CHECKPOINT)
+    sampler = dataclasses.replace(model.forecaster.config.sampler, num_steps=4)
+    ens = forecast(
+        model,
+        ds,
+        init_time="1991-01-01T12",
+        lead="15d",
+        members=2,
+        rollout=RolloutConfig(sampler=sampler, chunk_steps=10),
+    ).load()
+    assert ens.sizes["lead_time"] == 30
+    for name in ens.data_vars:
+        assert np.isfinite(ens[name].values).all(), name
+    z500 = ens["geopotential"].sel(level=500).isel(lead_time=-1) / 9.80665
+    assert float(z500.min()) > 4500 and float(z500.max()) < 6100
+    t850 = ens["temperature"].sel(level=850).isel(lead_time=-1)
+    assert float(t850.min()) > 200 and float(t850.max()) < 330

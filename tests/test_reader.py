@@ -536,3 +536,17 @@ def test_open_archives_rejects_overlap_and_grid_mismatch(tmp_path: Path):
         reader.open_archives([a, c])
     with pytest.raises(ArchiveError, match="at least one"):
         reader.open_archives([])
+
+
+def test_load_in_place_equals_load_and_returns_numpy(tmp_path: Path):
+    from conftest import synthetic_archive
+
+    parts = []
+    for i, start in enumerate(("2001-01-01", "2001-01-05")):
+        path = tmp_path / f"p{i}.zarr"
+        synthetic_archive(days=3, start=start, seed=i).to_zarr(path, consolidated=True)
+        parts.append(path)
+    lazy = reader.open_archives(parts)
+    loaded = reader.load_in_place(lazy)
+    xr.testing.assert_identical(loaded, lazy.load())
+    assert all(isinstance(v.data, np.ndarray) for v in loaded.variables.values())

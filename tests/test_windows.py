@@ -483,3 +483,12 @@ def test_unusable_archives_or_splits_are_rejected(overrides: dict, match: str) -
 def test_an_archive_with_a_bad_step_is_rejected() -> None:
     with pytest.raises(ArchiveError, match="step of 5 h"):
         Windows(random_archive(step_hours=5), config())
+
+
+def test_in_memory_fields_are_not_copied_when_all_levels_are_read(archive):
+    from weather.data.windows import WindowConfig, Windows
+
+    ds = archive.load()
+    levels = tuple(int(x) for x in ds["level"].values)
+    windows = Windows(ds, WindowConfig(start="2001-01-01", end="2001-01-05", levels=levels))
+    assert np.shares_memory(windows._dynamic["temperature"].values, ds["temperature"].values)

@@ -235,7 +235,7 @@ def _period(text: str | None, ds: Any) -> tuple[Any, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from weather.data.reader import open_archive, open_archives
+    from weather.data.reader import load_in_place, open_archive, open_archives
     from weather.data.statistics import compute_statistics, load_statistics, save_statistics
     from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
     from weather.model.denoiser import ModelConfig
@@ -256,7 +256,7 @@ def _train(args: argparse.Namespace) -> int:
         names = [*task.level_variables, *task.surface_variables, *task.static_variables]
         subset = train_ds[names].sel(level=list(levels))
         print(f"loading the training fields ({subset.nbytes / 1e9:.1f} GB) into memory")
-        train_ds = subset.load()
+        train_ds = load_in_place(subset)
     sources = ",".join(str(p) for p in args.train_archive)
     stats_path = args.statistics or args.run_dir / "statistics.nc"
     if stats_path.exists():
@@ -264,7 +264,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         names = [*task.level_variables, *task.surface_variables, *task.static_variables]
         stats = compute_statistics(
-            train_ds,
+            # In chunks of time (views, no copies): one pass over ten years in memory would
+            # otherwise allocate full-size temporaries.
+            train_ds.chunk({"time": 240}),
             names,
             start=train_period[0],
             end=train_period[1],

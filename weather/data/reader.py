@@ -181,6 +181,30 @@ def open_archives(
     return joined.assign({var: first[var] for var in static})
 
 
+def load_in_place(ds: xr.Dataset) -> xr.Dataset:
+    """The dataset with every variable read into one preallocated numpy array.
+
+    ``Dataset.load`` on a Dask graph that concatenates parts holds the chunks and the joined
+    array at once (twice the data at the peak); here each chunk is written straight into its
+    place (`dask.array.store`), so the peak stays near the data's own size.
+    """
+    import dask.array as da
+
+    out = {}
+    for name, var in ds.variables.items():
+        if isinstance(var.data, da.Array):
+            target = np.empty(var.shape, dtype=var.dtype)
+            da.store(var.data, target, lock=False)
+            out[name] = var.copy(deep=False, data=target)
+        else:
+            out[name] = var.load()
+    return xr.Dataset(
+        {n: out[n] for n in ds.data_vars},
+        coords={n: out[n] for n in ds.coords},
+        attrs=ds.attrs,
+    )
+
+
 def canonicalize(ds: xr.Dataset, *, variables: Sequence[str] | None = None) -> xr.Dataset:
     """Maps an archive's names, dims, coordinates and units onto the canonical layout.
 

@@ -257,7 +257,9 @@ class Windows:
             missing = sorted(set(config.levels) - set(dynamic["level"].values.tolist()))
             if missing:
                 raise ArchiveError(f"coordinate 'level' lacks {missing} hPa")
-            dynamic = dynamic.sel(level=list(config.levels))
+            if list(dynamic["level"].values) != list(config.levels):
+                # Selecting copies in-memory data: skip it when it would change nothing.
+                dynamic = dynamic.sel(level=list(config.levels))
         self._dynamic = dynamic
         self.time: npt.NDArray[np.datetime64] = _time_axis(dataset["time"].values)
         self.longitude: np.ndarray = np.asarray(dataset["longitude"].values, dtype=np.float64)

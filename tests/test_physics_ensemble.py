@@ -1,0 +1,253 @@
+"""Physics and perfect-model ensembles: determinism, spread, resolved scales, layout, errors.
+
+The truth is a tiny simulated archive (T21 L8, 60 min step, 12-hourly) made here from a
+baroclinically unstable start, so perturbations grow within days. The physics ensemble's
+default model is the same configuration, and the perfect-model tests use an analysis truncation
+of 15, so every ensemble shares one compiled model.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from weather.baselines import persistence
+from weather.data.errors import ArchiveError
+from weather.data.grid import equiangular_grid
+from weather.data.reader import open_archive
+from weather.data.variables import CATALOGUE
+from weather.physics_ensemble import (
+    EnsembleModel,
+    PerfectModelConfig,
+    PhysicsEnsembleConfig,
+    perfect_model_ensemble,
+    perfect_model_member_states,
+    physics_ensemble,
+)
+from weather.sim.dynamics import SimulationConfig
+from weather.sim.initialise import Analysis, modal_spectrum, total_wavenumbers
+from weather.sim.perturbations import unresolved_std
+
+TRUTH = dict(resolution="T21", layers=8, dt_minutes=60, output_hours=12, spinup_days=0)
+START = np.datetime64("2001-03-01T00", "ns")
+INIT = START + np.timedelta64(72, "h")  # 3 days of history for lagged and bred members
+LEAD = "2d"
+SETTINGS = PhysicsEnsembleConfig(lag_hours=12, breeding_cycles=2)
+PERFECT = PerfectModelConfig(truncation=15, donor_hours=12)
+
+
+def _truth_config() -> SimulationConfig:
+    return SimulationConfig(**TRUTH)
+
+
+def _model(truncation: int) -> EnsembleModel:
+    latitude, longitude = equiangular_grid(32, 64)
+    return EnsembleModel(_truth_config(), latitude, longitude, truncation)
+
+
+@pytest.fixture(scope="module")
+def archive() -> xr.Dataset:
+    """6 days, 12-hourly, after 2 days from the Held-Suarez equilibrium temperature at rest."""
+    config = _truth_config()
+    ensemble_model = _model(21)
+    model = ensemble_model.model
+    grid = model.coords.horizontal
+    state = model.initial_state(0, START - np.timedelta64(2, "D"))
+    ps = np.exp(grid.to_nodal(state.log_surface_pressure))
+    # A jet's worth of temperature gradient and no wind: it adjusts and turns unstable.
+    t_eq = model.forcing.equilibrium_temperature(ps) - model.reference_temperature[:, None, None]
+    keep = (total_wavenumbers(grid) <= 21) & grid.mask
+    rng = np.random.default_rng(0)
+    bumps = 0.2 * rng.standard_normal((config.layers, *grid.modal_shape)) * keep
+    state = dataclasses.replace(
+        state, temperature_variation=(grid.to_modal(t_eq) + bumps).astype(np.float32)
+    )
+    _, fields = ensemble_model.advance(ensemble_model.run(state, 48), 12)
+    times = START + np.timedelta64(12, "h") * np.arange(12)
+    dims = ("time", "level", "latitude", "longitude")
+    data = {
+        name: (dims if fields[name].ndim == 4 else ("time", *dims[2:]), fields[name])
+        for name in (
+            "geopotential",
+            "temperature",
+            "u_component_of_wind",
+            "v_component_of_wind",
+            "surface_pressure",
+        )
+    }
+    data["geopotential_at_surface"] = (dims[2:], model.surface_geopotential()[0])
+    ds = xr.Dataset(
+        data,
+        coords={
+            "time": times,
+            "level": np.asarray(config.levels),
+            "latitude": model.latitude,
+            "longitude": model.longitude,
+        },
+        attrs={"simulation_config": json.dumps(config.to_attrs())},
+    )
+    for name in ds.data_vars:
+        ds[name].attrs["units"] = CATALOGUE[str(name)].units
+    return open_archive(ds)
+
+
+@pytest.fixture(scope="module")
+def ensembles(archive):
+    """Three members of each method (lead 2 days), computed once."""
+    return {
+        method: physics_ensemble(archive, [INIT], LEAD, 3, method=method, seed=5, config=SETTINGS)
+        for method in ("noise", "lagged", "bred")
+    }
+
+
+def _spread(fc: xr.Dataset, name: str, level: int) -> np.ndarray:
+    """Ensemble standard deviation per lead, area-weighted (cos latitude) rms over the globe."""
+    x = fc[name].sel(level=level).isel(init_time=0).values  # [member, lead, lat, lon]
+    w = np.cos(np.deg2rad(fc["latitude"].values))[:, None]
+    return np.sqrt((x.var(0, ddof=1) * w).mean((-1, -2)) / w.mean())
+
+
+def test_zero_perturbation_single_member_is_the_deterministic_run(archive):
+    quiet = dataclasses.replace(SETTINGS, temperature_noise=0.0, wind_noise=0.0)
+    fc = physics_ensemble(archive, [INIT], LEAD, 1, method="noise", config=quiet)
+    # The reference: the model run from the analysis, unperturbed.
+    model = _model(21)
+    fields = model.forecast(model.initial_state(Analysis.from_archive(archive, INIT)), 4)
+    for name in fc.data_vars:
+        np.testing.assert_array_equal(fc[name].values[0, 0], fields[name], err_msg=name)
+    # The unperturbed forecast is a forecast: close to the truth at 12 h, not equal to it.
+    truth = archive["temperature"].sel(time=INIT + np.timedelta64(12, "h")).values
+    error = np.abs(fc["temperature"].values[0, 0, 0] - truth)
+    assert 0 < error.mean() < 2.0
+
+
+@pytest.mark.parametrize("method", ["noise", "lagged", "bred"])
+def test_members_differ_and_the_spread_grows(ensembles, method):
+    fc = ensembles[method]
+    assert fc.sizes["member"] == 3 and fc.attrs["method"] == method
+    assert np.isfinite(fc["temperature"].values).all()
+    z500 = _spread(fc, "geopotential", 500)
+    t850 = _spread(fc, "temperature", 850)
+    assert np.all(z500 > 0) and np.all(t850 > 0)
+    if method != "lagged":  # lagged members start from different analyses: no growth promised
+        assert z500[-1] > 1.1 * z500[0], z500
+        assert t850[-1] > 1.1 * t850[0], t850
+
+
+def test_member_i_is_the_same_for_any_ensemble_size_and_streams_to_zarr(
+    archive, ensembles, tmp_path
+):
+    calls = []
+    out = tmp_path / "bred.zarr"
+    fc = physics_ensemble(
+        archive,
+        [INIT],
+        LEAD,
+        2,
+        method="bred",
+        seed=5,
+        config=SETTINGS,
+        out=out,
+        on_progress=lambda done, total: calls.append((done, total)),
+    )
+    assert calls == [(1, 2), (2, 2)]
+    assert fc["temperature"].chunks is not None  # opened lazily from the store
+    larger = ensembles["bred"]
+    for name in larger.data_vars:
+        np.testing.assert_array_equal(fc[name].values, larger[name].values[:2], err_msg=name)
+    # Bred members come in +/- pairs around the analysis.
+    first = larger["temperature"].values[:2, 0, 0] - larger["temperature"].values[2:3, 0, 0]
+    assert np.abs(first).max() > 0
+    with pytest.raises(FileExistsError, match="out"):
+        physics_ensemble(archive, [INIT], LEAD, 2, method="bred", config=SETTINGS, out=out)
+    other_seed = physics_ensemble(
+        archive, [INIT], "12h", 1, method="noise", seed=6, config=SETTINGS
+    )
+    same_seed = physics_ensemble(archive, [INIT], "12h", 1, method="noise", seed=5, config=SETTINGS)
+    noise = ensembles["noise"]["temperature"].values[:1, :, :1]
+    np.testing.assert_array_equal(same_seed["temperature"].values, noise)
+    assert not np.array_equal(other_seed["temperature"].values, noise)
+
+
+@pytest.mark.parametrize("draws", ["balanced", "gaussian"])
+def test_perfect_model_members_share_the_resolved_scales_only(archive, draws):
+    config = dataclasses.replace(PERFECT, draws=draws)
+    model = _model(15)
+    analysis = Analysis.from_archive(archive, INIT)
+    states = list(perfect_model_member_states(model, analysis, 3, config=config, seed=1))
+    grid = model.grid
+    total = total_wavenumbers(grid)
+    resolved, unresolved = total <= 15, (total > 15) & (total <= 21) & grid.mask
+    for name in ("vorticity", "temperature_variation"):
+        fields = np.stack([np.asarray(getattr(s, name)) for s in states])
+        assert np.array_equal(fields[0][..., resolved], fields[1][..., resolved]), name
+        assert np.array_equal(fields[0][..., resolved], fields[2][..., resolved]), name
+        small = fields[..., unresolved]
+        assert np.all(np.abs(small[0] - small[1]).max(-1) > 0), name  # every layer differs
+        # The drawn spectrum follows the target: within a factor 3 in power on average.
+        std = unresolved_std(
+            model.model,
+            states[0],
+            truncation=15,
+            fit_range=config.degrees,
+            taper_hours=config.taper_hours,
+        )
+        target = (std[name] ** 2 * grid.mask).sum(-2)
+        drawn = modal_spectrum(grid, fields[0] * unresolved)
+        ratio = drawn[:, 16:22].sum() / target[:, 16:22].sum()
+        assert 1 / 3 < ratio < 3, (name, ratio)
+    assert np.array_equal(
+        np.asarray(states[0].log_surface_pressure), np.asarray(states[1].log_surface_pressure)
+    )
+
+
+def test_perfect_model_ensemble_from_the_archive(archive):
+    fc = perfect_model_ensemble(archive, [INIT], LEAD, 2, seed=3, config=PERFECT)
+    assert json.loads(fc.attrs["simulation_config"])["resolution"] == "T21"
+    assert fc.attrs["seed"] == 3 and np.isfinite(fc["temperature"].values).all()
+    z500 = _spread(fc, "geopotential", 500)
+    assert np.all(z500 > 0) and z500[-1] > z500[0], z500
+
+
+def test_layout_matches_persistence(archive, ensembles):
+    fc = ensembles["noise"]
+    reference = persistence(archive, [INIT], fc["lead_time"].values)
+    assert list(fc.data_vars) == list(reference.data_vars)
+    assert set(fc.coords) == set(reference.coords)
+    for name in reference.variables:
+        assert fc[name].dims == reference[name].dims, name
+        assert fc[name].dtype == reference[name].dtype, name
+        assert fc[name].attrs == reference[name].attrs, name
+    for name in ("init_time", "lead_time", "level", "latitude", "longitude"):
+        np.testing.assert_array_equal(fc[name].values, reference[name].values)
+    np.testing.assert_array_equal(fc["member"].values, [0, 1, 2])
+    assert fc["lead_time"].values[0] == np.timedelta64(12, "h")
+    assert fc["lead_time"].values[-1] == np.timedelta64(48, "h")
+
+
+def test_bad_input_names_the_field(archive):
+    with pytest.raises(ArchiveError, match=r"init_time 2001-04-01T00:00"):
+        physics_ensemble(archive, ["2001-04-01"], "1d", 1)
+    with pytest.raises(ValueError, match=r"lead '13h'.*multiple of 12 h"):
+        physics_ensemble(archive, [INIT], "13h", 1)
+    with pytest.raises(ValueError, match=r"method: 'breeding'"):
+        physics_ensemble(archive, [INIT], "1d", 1, method="breeding")
+    with pytest.raises(ValueError, match="members"):
+        physics_ensemble(archive, [INIT], "1d", 0)
+    with pytest.raises(ValueError, match="variables: 'relative_humidity'"):
+        physics_ensemble(archive, [INIT], "1d", 1, variables=["relative_humidity"])
+    # Lagged members need analyses before the first archive time.
+    with pytest.raises(ArchiveError, match=r"init_time 2001-03-01T12:00.*2001-03-01T00:00"):
+        physics_ensemble(
+            archive, [START + np.timedelta64(12, "h")], "1d", 3, method="lagged", config=SETTINGS
+        )
+    with pytest.raises(ArchiveError, match="simulation_config"):
+        perfect_model_ensemble(
+            archive.assign_attrs(simulation_config=None).drop_attrs(), [INIT], "1d", 1
+        )
+    with pytest.raises(ValueError, match="temperature_noise"):
+        PhysicsEnsembleConfig(temperature_noise=-1.0)
+    with pytest.raises(ValueError, match="draws"):
+        PerfectModelConfig(draws="uniform")
