@@ -1,4 +1,4 @@
-"""Quality gates that can fail: lint, formatting and static types."""
+"""Quality gates that can fail: lint, formatting and static types (`weather` and `service`)."""
 
 import shutil
 import subprocess
@@ -26,7 +26,7 @@ def _tool(name: str) -> str:
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy"],
+        ["mypy", "-p", "weather", "-p", "service"],
     ],
     ids=["ruff-lint", "ruff-format", "mypy"],
 )

@@ -140,3 +140,16 @@ def test_sharded_over_four_devices_equals_unsharded():
         timeout=600,
     )
     assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+
+
+def test_batch_roller_pads_to_fixed_sizes(model):
+    from weather.model.rollout import BatchRoller
+
+    fc = model[0]
+    roller = BatchRoller(fc, RolloutConfig(chunk_steps=1), batch_sizes=(4, 8))
+    assert [roller.padded_size(n) for n in (1, 4, 5, 8)] == [4, 4, 8, 8]
+    assert roller.max_members == 8
+    with pytest.raises(ValueError, match="exceed the largest batch size 8"):
+        roller.padded_size(9)
+    with pytest.raises(ValueError, match="ascending"):
+        BatchRoller(fc, batch_sizes=(8, 4))

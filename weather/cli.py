@@ -533,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_export(commands)
     _add_demo(commands)
+    from service.cli import add_service_commands  # `serve` and `worker` (the HTTP service)
+
+    add_service_commands(commands)
     return parser
 
 

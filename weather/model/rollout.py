@@ -169,3 +169,125 @@ def member_mesh(devices: list[Any] | None = None) -> Mesh:
     """A 1-D mesh over the given (default: all) devices with axis ``member``."""
     devs = np.asarray(devices if devices is not None else jax.devices())
     return Mesh(devs, ("member",))
+
+
+class BatchRoller(Roller):
+    """A `Roller` that also advances members of several forecasts in one compiled call.
+
+    A service's worker holds members of several jobs at once, with different init times, seeds
+    and lead steps. Here every member carries its own key (``member_keys(seed, m)`` of its job),
+    its own step counter and its own forcings, so member ``m`` of a job draws exactly what
+    `Roller.run` draws for it, whatever else shares the batch. The batch is padded to the smallest
+    of a few fixed sizes, so the chunk compiles once per size and never per request.
+
+    Args:
+      forecaster, config, mesh: as for `Roller` (``config.chunk_steps`` steps per call).
+      batch_sizes: the padded batch sizes, ascending; the largest bounds the members per call.
+    """
+
+    def __init__(
+        self,
+        forecaster: Forecaster,
+        config: RolloutConfig | None = None,
+        mesh: Mesh | None = None,
+        batch_sizes: tuple[int, ...] = (8, 16, 32),
+    ) -> None:
+        super().__init__(forecaster, config, mesh)
+        if not batch_sizes or list(batch_sizes) != sorted(set(batch_sizes)) or batch_sizes[0] < 1:
+            raise ValueError(f"batch_sizes: must be positive and ascending, got {batch_sizes}")
+        if mesh is not None and any(b % mesh.devices.size for b in batch_sizes):
+            raise ValueError(
+                f"batch_sizes: each of {batch_sizes} must divide among the mesh's "
+                f"{mesh.devices.size} devices"
+            )
+        self.batch_sizes = tuple(batch_sizes)
+
+    @property
+    def max_members(self) -> int:
+        """Most members one call advances."""
+        return self.batch_sizes[-1]
+
+    def padded_size(self, members: int) -> int:
+        """The batch size that ``members`` members are padded to."""
+        for size in self.batch_sizes:
+            if members <= size:
+                return size
+        raise ValueError(f"members: {members} exceed the largest batch size {self.max_members}")
+
+    @functools.cached_property
+    def _mixed_chunk(self) -> Callable[..., Any]:
+        fc = self.forecaster
+        sampler = self.config.sampler
+
+        def chunk(params, keys, previous, current, step0, forcings, static):
+            self.compilations += 1  # runs only while tracing
+
+            def body(carry, xs):
+                prev, cur = carry
+                steps, forc = xs  # [B] uint32, [B, H, W, 8]
+                step_keys = jax.vmap(jax.random.fold_in)(keys, steps)
+                nxt = fc.sample_step(params, step_keys, prev, cur, forc, static, sampler)
+                return (cur, nxt), nxt
+
+            k = forcings.shape[0]
+            steps = step0[None, :] + jnp.arange(k, dtype=jnp.uint32)[:, None]  # [k, B]
+            _, out = jax.lax.scan(body, (previous, current), (steps, forcings))
+            return out
+
+        # No donation: the inputs are fresh host transfers and the host keeps the outputs.
+        return jax.jit(chunk)
+
+    def advance(
+        self,
+        params: Any,
+        *,
+        keys: np.ndarray | jax.Array,
+        previous: np.ndarray,
+        current: np.ndarray,
+        steps: np.ndarray,
+        init_times: np.ndarray,
+        static: np.ndarray,
+    ) -> np.ndarray:
+        """Advance N members (of any forecasts) by ``chunk_steps`` steps in one compiled call.
+
+        Args:
+          params: the model parameters.
+          keys: ``[N]`` member keys (`member_keys` of each member's forecast).
+          previous, current: ``[N, H, W, C]`` physical states at lead steps ``s - 1`` and ``s``.
+          steps: ``[N]`` lead step ``s`` of each member's ``current`` (0 at the analysis).
+          init_times: ``[N]`` datetime64 init time of each member's forecast (UTC).
+          static: physical static fields ``[H, W, S]``.
+
+        Returns:
+          ``[k, N, H, W, C]`` physical states at lead steps ``s + 1 .. s + k`` of each member.
+        """
+        fc = self.forecaster
+        n = len(steps)
+        if n < 1:
+            raise ValueError("advance: needs at least one member")
+        size = self.padded_size(n)
+        pad = size - n
+        k = self.config.chunk_steps
+        step0 = np.asarray(steps, np.int64)
+        t0 = np.asarray(init_times, dtype="datetime64[ns]")
+        key_data = np.asarray(jax.random.key_data(jnp.asarray(keys)))
+
+        def padded(x: np.ndarray) -> np.ndarray:
+            # Padding repeats member 0: finite inputs whose outputs are dropped.
+            return np.concatenate([x, np.repeat(x[:1], pad, axis=0)]) if pad else x
+
+        # Forcings at (t, t+12h) of each member's steps: [k, B, H, W, 8], computed on the host.
+        t_in = padded(t0)[None, :] + STEP * (padded(step0)[None, :] + np.arange(k)[:, None])
+        forc = forcing_channels(
+            np.stack([t_in, t_in + STEP], axis=-1), fc.longitude, fc.latitude.size
+        )
+        out = self._mixed_chunk(
+            params,
+            self._shard(jnp.asarray(padded(key_data))),
+            self._shard(jnp.asarray(padded(np.asarray(previous, np.float32)))),
+            self._shard(jnp.asarray(padded(np.asarray(current, np.float32)))),
+            self._shard(jnp.asarray(padded(step0).astype(np.uint32))),
+            jnp.asarray(forc),
+            fc.normalize_static(jnp.asarray(static, jnp.float32)),
+        )
+        return np.asarray(jax.device_get(out))[:, :n]

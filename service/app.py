@@ -1,0 +1,146 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app; nothing happens at import.
+
+Start-up (FastAPI's lifespan, in a thread so the event loop stays free): open the job store, read
+the catalogue (the checkpoint's fields, the archive's times), start the in-process worker (it
+loads and compiles the model in its own thread; `/readyz` says when it is ready) and the
+janitor that deletes expired results. Shutdown stops the worker after its current chunk; its
+unfinished jobs go back to the queue and resume from their last written lead.
+
+Run it with `weather serve`, or ``uvicorn --factory service.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.auth import BodyLimitMiddleware
+from service.catalog import Catalog, RequestError, model_info
+from service.metrics import ServiceMetrics
+from service.results import JobFiles
+from service.settings import Settings
+from service.store import JobStore, open_store
+from service.worker import Worker
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """\
+Probabilistic weather forecasts from a diffusion model (GenCast-style), as a service.
+
+`POST /forecast` queues an ensemble forecast and answers 202 with its job id. Workers sample the
+members of several jobs together in batched calls, write each lead as it is produced, and score
+the ensemble against the verifying analysis when it ends. Poll `GET /forecast/{id}`, read the
+leads done so far (or all) from `GET /forecast/{id}/result` as zipped Zarr, NetCDF or JSON
+summaries, and the scores from `GET /forecast/{id}/scores`.
+
+Units: times are ISO 8601 UTC; leads in hours (or ISO 8601 durations on input); pressure levels
+in hPa; latitude and longitude in degrees; fields in SI units (K, m s-1, Pa, m2 s-2).
+When the server has API keys, every route but `/healthz` and `/readyz` needs
+`Authorization: Bearer KEY`, and a key sees only its own jobs.
+"""
+
+
+class Service:
+    """What the routes share: settings, store, catalogue, metrics and the local worker."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store: JobStore = open_store(settings.database, schema=settings.database_schema)
+        try:
+            self.catalog = Catalog(model_info(settings), settings.archive)
+            self.worker: Worker | None = None
+            if settings.worker:
+                self.worker = Worker(settings, self.store, metrics)
+                self.worker.start()
+        except BaseException:
+            self.store.close()
+            raise
+        self.tmp = Path(settings.data_dir) / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._stop = threading.Event()
+        self._janitor = threading.Thread(target=self._sweep, name="weather-janitor", daemon=True)
+        self._janitor.start()
+
+    def wake_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    def _sweep(self) -> None:
+        """Delete expired results (and stale export files) now and then."""
+        period = min(60.0, self.settings.result_ttl_hours * 3600 / 4)
+        while not self._stop.wait(period):
+            try:
+                self.sweep(time.time())
+            except Exception:  # the next sweep retries
+                log.exception("result expiry failed")
+
+    def sweep(self, now: float) -> list[str]:
+        """Delete the results of jobs whose expiry passed; returns their ids."""
+        expired = self.store.expire(now)
+        for job_id in expired:
+            JobFiles(self.settings.data_dir, job_id).delete()
+        for stale in self.tmp.glob("*"):
+            with contextlib.suppress(OSError):
+                if stale.stat().st_mtime < now - 3600:
+                    stale.unlink()
+        return expired
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.worker is not None:
+            self.worker.stop()
+        self._janitor.join(5)
+        self.store.close()
+
+
+def create_app(settings: Settings | None = None, metrics: ServiceMetrics | None = None) -> FastAPI:
+    """The forecast service's ASGI app.
+
+    Args:
+      settings: default `Settings()` (from the environment, read now, not at import).
+      metrics: default a fresh registry per app.
+    """
+    from service.routes import build_router
+
+    settings = settings or Settings()
+    metrics = metrics or ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = await run_in_threadpool(Service, settings, metrics)
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.close)
+
+    app = FastAPI(
+        title="weather: ensemble forecast service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+        detail = [
+            {
+                "loc": ["body", *error.field.split(".")],
+                "msg": error.reason,
+                "type": "value_error",
+            }
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    app.include_router(build_router(settings, metrics))
+    return app

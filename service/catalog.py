@@ -1,0 +1,204 @@
+"""What this server can forecast: the model's fields and grid, the archive's usable init times.
+
+`Catalog.normalize` turns a validated submission into the `JobRequest` the worker runs, or
+raises `RequestError` naming the field and the reason (an init time outside the archive lists the
+available range). Reading the catalogue touches only the checkpoint's configs and the archive's
+time coordinate; the model itself is loaded by the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.schemas import ForecastRequestBase, JobRequest
+from service.settings import Settings
+from weather.data.errors import ArchiveError
+from weather.data.times import to_datetime64
+from weather.forecast import parse_lead
+from weather.model.task import TaskConfig
+
+STEP = np.timedelta64(12, "h")
+
+
+class RequestError(ValueError):
+    """A submission the server cannot run; ``field`` names the part at fault."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """A checkpoint's fields and grid, and its compatibility key.
+
+    Attributes:
+      key: identifies what a worker computes: the checkpoint's bytes and the sampling settings
+        (sampler steps, initial perturbation). Workers claim only jobs with their key.
+      task: the fields and levels.
+      latitude, longitude: the grid (degrees).
+    """
+
+    key: str
+    task: TaskConfig
+    latitude: np.ndarray
+    longitude: np.ndarray
+
+    @property
+    def variables(self) -> list[str]:
+        return [*self.task.level_variables, *self.task.surface_variables]
+
+
+def model_info(settings: Settings) -> ModelInfo:
+    """Read a checkpoint's configs (not its parameters into a model).
+
+    Raises:
+      ValueError: naming the checkpoint when it is missing or not a checkpoint.
+    """
+    from weather.model.checkpoint import load_checkpoint
+
+    path = Path(settings.checkpoint)
+    saved = load_checkpoint(path)
+    digest = hashlib.sha256(path.read_bytes())
+    sampling = {
+        "sampler_steps": settings.sampler_steps,
+        "initial_perturbation": settings.initial_perturbation,
+    }
+    digest.update(json.dumps(sampling, sort_keys=True).encode())
+    grid = saved["configs"]["grid"]
+    return ModelInfo(
+        key=f"{path.stem}-{digest.hexdigest()[:16]}",
+        task=TaskConfig.from_dict(saved["configs"]["model"]["task"]),
+        latitude=np.asarray(grid["latitude"], np.float64),
+        longitude=np.asarray(grid["longitude"], np.float64),
+    )
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """Digest of a submission as the client sent it (defaults applied), for idempotency."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Catalog:
+    """The model's fields and the archive's times, for validating submissions.
+
+    Args:
+      info: from `model_info`.
+      archive: the analysis archive's path; its time axis is re-read when a requested init time
+        is missing (at most every ``refresh_s`` seconds, so bad requests cannot keep the server
+        re-reading it), so an archive that grows serves new init times without a restart.
+      refresh_s: least interval between two re-reads (s).
+    """
+
+    def __init__(self, info: ModelInfo, archive: Path, refresh_s: float = 30.0) -> None:
+        self.info = info
+        self.archive = Path(archive)
+        self.refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._times = self._read_times()
+        self._read_at = time.monotonic()
+
+    def _read_times(self) -> np.ndarray:
+        from weather.data.reader import open_archive
+
+        try:
+            ds = open_archive(self.archive)
+        except ArchiveError as error:
+            raise ArchiveError(f"archive {self.archive}: {error}") from None
+        return np.asarray(ds["time"].values, dtype="datetime64[ns]")
+
+    def times(self, refresh: bool = False) -> np.ndarray:
+        """The archive's times ``[time]``; ``refresh`` re-reads them unless that was just done."""
+        with self._lock:
+            if refresh and time.monotonic() - self._read_at >= self.refresh_s:
+                self._times = self._read_times()
+                self._read_at = time.monotonic()
+            return self._times
+
+    def _check_init(self, init: np.datetime64) -> None:
+        for refresh in (False, True):
+            times = self.times(refresh)
+            if init in times and init - STEP in times:
+                return
+        if times.size == 0:
+            raise RequestError("init_time", f"the analysis archive {self.archive.name} is empty")
+        first, last = times[0] + STEP, times[-1]
+        raise RequestError(
+            "init_time",
+            f"{np.datetime_as_string(init, unit='m')}Z is not in the analysis archive with the "
+            f"time 12 h before; available init times run from "
+            f"{np.datetime_as_string(first, unit='m')}Z to "
+            f"{np.datetime_as_string(last, unit='m')}Z",
+        )
+
+    def normalize(self, request: ForecastRequestBase) -> JobRequest:
+        """The request as the worker runs it.
+
+        Raises:
+          RequestError: naming the field and the reason.
+        """
+        info = self.info
+        try:
+            init = to_datetime64(request.init_time, "init_time")
+        except ArchiveError as error:
+            raise RequestError("init_time", str(error)) from None
+        except (OverflowError, ValueError) as error:  # pandas' out-of-range dates
+            raise RequestError("init_time", f"{request.init_time!r}: {error}") from None
+        self._check_init(init)
+        try:
+            lead = parse_lead(request.lead)
+        except (ValueError, OverflowError) as error:
+            raise RequestError("lead", str(error)) from None
+        variables = request.variables or info.variables
+        unknown = [v for v in variables if v not in info.variables]
+        if unknown:
+            raise RequestError(
+                "variables", f"{unknown} are not forecast by this model; it has {info.variables}"
+            )
+        if len(set(variables)) != len(variables):
+            raise RequestError("variables", "a variable is repeated")
+        levels = request.levels or list(info.task.levels)
+        missing = sorted(set(levels) - set(info.task.levels))
+        if missing:
+            raise RequestError(
+                "levels", f"{missing} hPa are not model levels; it has {list(info.task.levels)}"
+            )
+        if len(set(levels)) != len(levels):
+            raise RequestError("levels", "a level is repeated")
+        odd = sorted(set(request.summary.thresholds) - set(variables))
+        if odd:
+            raise RequestError(
+                "summary.thresholds", f"{odd} are not among the requested variables {variables}"
+            )
+        if request.region is not None:
+            from service.results import region_indices
+
+            try:
+                region_indices(info.latitude, info.longitude, request.region)
+            except ValueError as error:
+                raise RequestError("region", str(error)) from None
+        members = int(getattr(request, "members", 1))
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        return JobRequest(
+            init_time=init.astype("datetime64[us]").item().replace(tzinfo=datetime.UTC),
+            lead_hours=int(lead // np.timedelta64(1, "h")),
+            members=members,
+            seed=seed,
+            variables=list(variables),
+            levels=sorted(levels),
+            region=request.region,
+            points=request.points,
+            format=request.format,
+            summary=request.summary,
+        )

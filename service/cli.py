@@ -1,0 +1,123 @@
+"""`weather serve` and `weather worker`: parse arguments, build settings, run.
+
+Every option can also come from the environment (``WEATHER_`` + the setting's name, see
+`service.settings.Settings`); a command-line option wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, help="model checkpoint (WEATHER_CHECKPOINT)")
+    p.add_argument("--archive", type=Path, help="analysis archive (WEATHER_ARCHIVE)")
+    p.add_argument("--data-dir", type=Path, help="job results and SQLite (WEATHER_DATA_DIR)")
+    p.add_argument(
+        "--database-url", help="sqlite:///PATH or postgresql://... (WEATHER_DATABASE_URL)"
+    )
+    p.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
+
+
+def add_service_commands(commands: argparse._SubParsersAction) -> None:
+    """Register ``serve`` and ``worker`` on the ``weather`` command's subparsers."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP forecast service (uvicorn; in-process worker by default)",
+        description="Serve POST /forecast and friends (OpenAPI at /docs). Without API keys "
+        "(WEATHER_API_KEYS) it binds to loopback only.",
+    )
+    _common(serve)
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; WEATHER_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000; WEATHER_PORT)")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="API only: jobs run on `weather worker` processes sharing the database",
+    )
+    serve.set_defaults(handler=serve_command)
+    worker = commands.add_parser(
+        "worker",
+        help="run a forecast worker on a shared job database",
+        description="Claim queued jobs from the database (WEATHER_DATABASE_URL) and sample them "
+        "in batches; stop with SIGTERM/Ctrl-C (its unfinished jobs go back to the queue).",
+    )
+    _common(worker)
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (default: none)"
+    )
+    worker.set_defaults(handler=worker_command)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from service.settings import Settings
+
+    given = {
+        "checkpoint": args.checkpoint,
+        "archive": args.archive,
+        "data_dir": args.data_dir,
+        "database_url": args.database_url,
+        **extra,
+    }
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import is_loopback
+
+    _logging(args.log_level)
+    settings = _settings(
+        args, host=args.host, port=args.port, worker=False if args.no_worker else None
+    )
+    if not settings.api_keys and not is_loopback(settings.host):
+        print(
+            f"weather: error: --host {settings.host}: without API keys (WEATHER_API_KEYS) the "
+            "service binds to loopback only; configure keys or use 127.0.0.1",
+            file=sys.stderr,
+        )
+        return 2
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level
+    )
+    return 0
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from service.metrics import ServiceMetrics
+    from service.store import open_store
+    from service.worker import Worker
+
+    _logging(args.log_level)
+    settings = _settings(args, worker=True)
+    metrics = ServiceMetrics()
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, registry=metrics.registry)
+    store = open_store(settings.database, schema=settings.database_schema)
+    worker = Worker(settings, store, metrics)
+
+    def stop(signum: int, frame: Any) -> None:
+        worker.stop(timeout=0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        worker.run()
+    finally:
+        store.close()
+    return 1 if worker.failure else 0

@@ -1,0 +1,242 @@
+"""A job's files: the forecast Zarr store written lead by lead, the resume state, the scores.
+
+Layout under ``data_dir/jobs/<job id>/`` (the id is the server's, never a client's text):
+
+- ``forecast.zarr``: the requested variables, levels and region, dims
+  ``member, init_time, lead_time, [level,] latitude, longitude`` (physical units, the layout of
+  `weather.forecast`), one Zarr chunk per lead so that writing a lead touches no other lead;
+- ``state.npz``: the two latest full model states ``[M, H, W, C]`` and the step they belong to,
+  replaced atomically after each chunk of leads, so a re-claimed job resumes exactly where its
+  last worker stopped (the states are exactly what the rollout carries, so resuming changes
+  nothing in the result);
+- ``scores.json``: the scores, written when the job succeeds.
+
+Readers never see a torn lead: a worker records a job's progress in the job store only after the
+leads are written, and readers read only the leads up to the recorded progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from service.catalog import ModelInfo
+from service.schemas import JobRequest, Region
+from weather.data.layout import annotate_forecast
+from weather.data.variables import CATALOGUE
+from weather.model.task import channels_to_state
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+STEP = np.timedelta64(12, "h")
+
+
+def job_dir(data_dir: Path, job_id: str) -> Path:
+    """The directory of a job; refuses anything but a job id (no path from user text)."""
+    if not JOB_ID.fullmatch(job_id):
+        raise ValueError(f"job id {job_id!r}: not 32 lower-case hex digits")
+    return Path(data_dir) / "jobs" / job_id
+
+
+def region_indices(
+    latitude: np.ndarray, longitude: np.ndarray, region: Region | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grid indices inside a box: ``([h] latitude indices, [w] longitude indices)``.
+
+    Longitudes run eastward from the western edge, so a box across the dateline comes out
+    contiguous (e.g. 350, 355, 0, 5 degrees).
+
+    Raises:
+      ValueError: the box holds no grid point.
+    """
+    if region is None:
+        return np.arange(latitude.size), np.arange(longitude.size)
+    lat_index = np.flatnonzero((latitude >= region.lat_min) & (latitude <= region.lat_max))
+    span = region.lon_max - region.lon_min
+    width = span if 0 <= span < 360 else (360.0 if span >= 360 else span % 360)
+    west = region.lon_min % 360
+    east_of_west = (longitude - west) % 360
+    lon_index = np.flatnonzero(east_of_west <= width + 1e-9)
+    lon_index = lon_index[np.argsort(east_of_west[lon_index], kind="stable")]
+    if lat_index.size == 0 or lon_index.size == 0:
+        spacing = abs(float(latitude[1] - latitude[0])) if latitude.size > 1 else 0.0
+        raise ValueError(
+            f"the box {region.model_dump()} holds no grid point (the grid's spacing is "
+            f"{spacing:g} degrees)"
+        )
+    return lat_index, lon_index
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+    """What a job keeps of each model state: variables, levels and grid indices."""
+
+    variables: tuple[str, ...]
+    levels: tuple[int, ...]
+    level_index: np.ndarray
+    lat_index: np.ndarray
+    lon_index: np.ndarray
+
+    @classmethod
+    def of(cls, info: ModelInfo, request: JobRequest) -> Subset:
+        lat_index, lon_index = region_indices(info.latitude, info.longitude, request.region)
+        model_levels = list(info.task.levels)
+        return cls(
+            variables=tuple(request.variables),
+            levels=tuple(request.levels),
+            level_index=np.asarray([model_levels.index(lv) for lv in request.levels]),
+            lat_index=lat_index,
+            lon_index=lon_index,
+        )
+
+
+class JobFiles:
+    """The files of one job (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, job_id: str) -> None:
+        self.job_id = job_id
+        self.dir = job_dir(data_dir, job_id)
+        self.forecast = self.dir / "forecast.zarr"
+        self.state = self.dir / "state.npz"
+        self.scores = self.dir / "scores.json"
+
+    # -- writing (the worker) -------------------------------------------------------------------
+
+    def create(self, info: ModelInfo, request: JobRequest, subset: Subset) -> None:
+        """Create the forecast store (all NaN) unless an earlier attempt did; atomic.
+
+        xarray writes the coordinates (with their CF time encoding); the empty data arrays are
+        made with zarr directly, which costs milliseconds where a lazy template costs a second.
+        """
+        if self.forecast.exists():
+            return
+        import zarr
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        m, s = request.members, request.lead_hours // 12
+        lat = info.latitude[subset.lat_index]
+        lon = info.longitude[subset.lon_index]
+        coords: dict[str, Any] = {
+            "member": np.arange(m, dtype=np.int64),
+            "init_time": np.asarray([_datetime64(request)], dtype="datetime64[ns]"),
+            "lead_time": (STEP * np.arange(1, s + 1)).astype("timedelta64[ns]"),
+            "latitude": lat,
+            "longitude": lon,
+        }
+        level_fields = [n for n in subset.variables if n in info.task.level_variables]
+        if level_fields:
+            coords["level"] = np.asarray(subset.levels, dtype=np.int64)
+        ds = xr.Dataset(
+            coords=coords,
+            attrs={
+                "title": "Ensemble forecast (diffusion model)",
+                "job_id": self.job_id,
+                "model": info.key,
+                "seed": request.seed,
+            },
+        )
+        annotate_forecast(ds)
+        tmp = self.dir / "forecast.zarr.creating"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        ds.to_zarr(tmp, zarr_format=3, consolidated=False)
+        group = zarr.open_group(tmp, mode="r+", zarr_format=3)
+        for name in subset.variables:
+            dims = _dims(name in level_fields)
+            shape = tuple(ds.sizes[d] if d != "lead_time" else s for d in dims)
+            # One chunk per lead: writing a lead never touches another lead's chunk.
+            chunks = tuple(1 if d == "lead_time" else n for d, n in zip(dims, shape, strict=True))
+            entry = CATALOGUE.get(name)
+            attrs: dict[str, Any] = (
+                {} if entry is None else {"units": entry.units, "long_name": entry.long_name}
+            )
+            if entry is not None and entry.standard_name:
+                attrs["standard_name"] = entry.standard_name
+            group.create_array(
+                name,
+                shape=shape,
+                chunks=chunks,
+                dtype="float32",
+                fill_value=np.nan,
+                dimension_names=dims,
+                attributes=attrs,
+            )
+        os.replace(tmp, self.forecast)
+
+    def write_leads(self, info: ModelInfo, subset: Subset, lo: int, states: np.ndarray) -> None:
+        """Write leads ``lo .. lo + n - 1`` (0-based steps) from full states ``[n, M, H, W, C]``."""
+        import zarr
+
+        fields = channels_to_state(info.task, np.moveaxis(states, 0, 1)[:, None])
+        group = zarr.open_group(self.forecast, mode="r+", zarr_format=3)
+        n = states.shape[0]
+        for name in subset.variables:
+            x = fields[name]  # [M, 1, n, (L,) H, W]
+            if name in info.task.level_variables:
+                x = x[:, :, :, subset.level_index]
+            x = np.take(np.take(x, subset.lat_index, axis=-2), subset.lon_index, axis=-1)
+            array = group[name]
+            assert isinstance(array, zarr.Array)
+            array[:, :, lo : lo + n] = x.astype(np.float32)
+
+    def save_state(self, steps_done: int, previous: np.ndarray, current: np.ndarray) -> None:
+        """Replace the resume state atomically (write a new file, then rename it)."""
+        tmp = self.dir / "state.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, steps_done=np.int64(steps_done), previous=previous, current=current)
+        os.replace(tmp, self.state)
+
+    def load_state(self) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """``(steps done, previous [M, H, W, C], current [M, H, W, C])``, or None to start over
+        (no state yet, or an unreadable one)."""
+        if not self.state.exists():
+            return None
+        try:
+            with np.load(self.state) as saved:
+                return int(saved["steps_done"]), saved["previous"], saved["current"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def write_scores(self, scores: dict[str, Any]) -> None:
+        tmp = self.dir / "scores.json.tmp"
+        tmp.write_text(json.dumps(scores))
+        os.replace(tmp, self.scores)
+
+    def finish(self) -> None:
+        """Drop what only resuming needed."""
+        self.state.unlink(missing_ok=True)
+
+    def delete(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- reading (the API) ----------------------------------------------------------------------
+
+    def open_forecast(self, steps_done: int) -> xr.Dataset:
+        """The leads written so far (lazy)."""
+        ds = xr.open_zarr(self.forecast, consolidated=False, zarr_format=3)
+        return ds.isel(lead_time=slice(0, steps_done))
+
+    def read_scores(self) -> dict[str, Any] | None:
+        if not self.scores.exists():
+            return None
+        result: dict[str, Any] = json.loads(self.scores.read_text())
+        return result
+
+
+def _dims(levels: bool) -> tuple[str, ...]:
+    if levels:
+        return ("member", "init_time", "lead_time", "level", "latitude", "longitude")
+    return ("member", "init_time", "lead_time", "latitude", "longitude")
+
+
+def _datetime64(request: JobRequest) -> np.datetime64:
+    from weather.data.times import to_datetime64
+
+    return to_datetime64(request.init_time, "init_time")

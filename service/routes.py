@@ -1,0 +1,358 @@
+"""The HTTP routes. Plain ``def`` routes: FastAPI runs them in its thread pool, so store calls
+and result exports never block the event loop."""
+
+import os
+import pathlib
+import tempfile
+import time
+import uuid
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
+
+from service.auth import owner_dependency
+from service.catalog import request_hash
+from service.export import json_result, write_netcdf, write_zarr_zip
+from service.metrics import ServiceMetrics
+from service.results import JobFiles
+from service.schemas import (
+    ForecastRequestBase,
+    Health,
+    JobList,
+    JobRequest,
+    JobStatus,
+    JsonResult,
+    OutputFormat,
+    Problem,
+    Readiness,
+    Scores,
+    request_model,
+)
+from service.settings import Settings
+from service.store import IdempotencyConflictError, Job, JobState, NewJob, QueueFullError
+
+JobId = Annotated[
+    str, Path(pattern=r"^[0-9a-f]{32}$", description="job id (32 lower-case hex digits)")
+]
+_MEDIA = {"zarr": "application/zip", "netcdf": "application/x-netcdf"}
+_SUFFIX = {"zarr": ".zarr.zip", "netcdf": ".nc"}
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def status_body(job: Job, queue_position: int | None, now: float) -> dict[str, Any]:
+    """A `JobStatus` as a dict."""
+    base = f"/forecast/{job.id}"
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "queue_position": queue_position,
+        "progress": {
+            "steps_done": job.steps_done,
+            "steps_total": job.steps_total,
+            "leads_done_hours": 12 * job.steps_done,
+            "fraction": job.steps_done / job.steps_total,
+            "eta_seconds": job.eta_seconds(now),
+        },
+        "request": job.request,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "expires_at": _iso(job.expires_at),
+        "result_expired": job.expired,
+        "attempts": job.attempts,
+        "error": job.error,
+        "links": {"self": base, "result": f"{base}/result", "scores": f"{base}/scores"},
+    }
+
+
+def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
+    """All routes, with the submission model bounded by ``settings.max_members``."""
+    from service.app import Service
+
+    ForecastRequest = request_model(settings.max_members)
+    Owner = Annotated[str, Depends(owner_dependency(settings))]
+    router = APIRouter()
+    errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "missing or unknown API key"},
+        403: {"model": Problem, "description": "no API keys configured: loopback clients only"},
+        404: {"model": Problem, "description": "no such job (for this key)"},
+    }
+
+    def service(request: Request) -> Service:
+        svc: Service = request.app.state.service
+        return svc
+
+    def find(request: Request, job_id: str, owner: str) -> Job:
+        job = service(request).store.get(job_id, owner)
+        if job is None:
+            raise HTTPException(404, f"job {job_id}: not found")
+        return job
+
+    def body(request: Request, job: Job) -> dict[str, Any]:
+        return status_body(job, service(request).store.queue_position(job), time.time())
+
+    @router.post(
+        "/forecast",
+        status_code=202,
+        response_model=JobStatus,
+        summary="Queue an ensemble forecast",
+        responses={
+            **errors,
+            409: {"model": Problem, "description": "Idempotency-Key reused for another request"},
+            413: {"model": Problem, "description": "request body too large"},
+            429: {"model": Problem, "description": "the queue is full; see Retry-After (s)"},
+        },
+    )
+    def submit(
+        forecast: ForecastRequest,  # type: ignore[valid-type]
+        request: Request,
+        response: Response,
+        owner: Owner,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                max_length=128,
+                description="a client-chosen key: submitting again with it returns the same job",
+            ),
+        ] = None,
+    ) -> dict[str, Any]:
+        """Validate the request against the model and the archive and queue it (202). The
+        answer holds the job id, its status and its place in the queue."""
+        svc = service(request)
+        checked = cast(ForecastRequestBase, forecast)
+        digest = request_hash(checked.model_dump(mode="json"))
+        run = svc.catalog.normalize(checked)
+        new = NewJob(
+            id=uuid.uuid4().hex,
+            owner=owner,
+            model=svc.catalog.info.key,
+            request=run.model_dump(mode="json"),
+            request_hash=digest,
+            members=run.members,
+            steps_total=run.lead_hours // 12,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            job, created = svc.store.submit(new, max_queued=settings.max_queued, now=time.time())
+        except QueueFullError as error:
+            metrics.submissions.labels("throttled").inc()
+            raise HTTPException(
+                429, f"{error}; retry later", {"Retry-After": str(settings.retry_after_s)}
+            ) from None
+        except IdempotencyConflictError as error:
+            metrics.submissions.labels("rejected").inc()
+            raise HTTPException(409, str(error)) from None
+        metrics.submissions.labels("accepted" if created else "replayed").inc()
+        if created:
+            svc.wake_worker()
+        else:
+            response.headers["Idempotent-Replayed"] = "true"
+        response.headers["Location"] = f"/forecast/{job.id}"
+        return body(request, job)
+
+    @router.get("/forecast", response_model=JobList, summary="List your jobs", responses=errors)
+    def list_jobs(
+        request: Request,
+        owner: Owner,
+        status: Annotated[
+            list[JobState] | None, Query(description="only jobs in these states (repeatable)")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=200, description="at most this many jobs")] = 50,
+        offset: Annotated[int, Query(ge=0, le=1_000_000, description="skip this many")] = 0,
+    ) -> dict[str, Any]:
+        """Your jobs, newest first."""
+        store = service(request).store
+        jobs = store.list_jobs(owner, status or (), limit=limit, offset=offset)
+        return {"jobs": [body(request, job) for job in jobs]}
+
+    @router.get(
+        "/forecast/{job_id}",
+        response_model=JobStatus,
+        summary="A job's status and progress",
+        responses=errors,
+    )
+    def get_job(job_id: JobId, request: Request, owner: Owner) -> dict[str, Any]:
+        """Status (queued, running, succeeded, failed, cancelled), progress (steps done and
+        total, eta in seconds), timestamps and the error of a failed job."""
+        return body(request, find(request, job_id, owner))
+
+    @router.get(
+        "/forecast/{job_id}/result",
+        summary="The forecast (the leads done so far while the job runs)",
+        response_model=JsonResult,
+        responses={
+            **errors,
+            200: {
+                "description": "the forecast: zipped Zarr v3, NetCDF-4 or JSON summaries; "
+                "headers X-Forecast-Complete (true/false) and X-Leads-Done (hours)",
+                "content": {"application/zip": {}, "application/x-netcdf": {}},
+            },
+            202: {"model": JobStatus, "description": "no lead is done yet; poll again"},
+            400: {"model": Problem, "description": "JSON without points or region"},
+            409: {"model": Problem, "description": "the job failed or was cancelled, no lead"},
+            410: {"model": Problem, "description": "the results expired and were deleted"},
+        },
+    )
+    def get_result(
+        job_id: JobId,
+        request: Request,
+        owner: Owner,
+        format: Annotated[
+            OutputFormat | None,
+            Query(description="zarr, netcdf or json (default: the request's format)"),
+        ] = None,
+    ) -> Response:
+        """Dims ``member, init_time, lead_time, [level,] latitude, longitude``, physical units.
+        Leads already written are readable while the job still runs."""
+        svc = service(request)
+        job = find(request, job_id, owner)
+        if job.expired:
+            raise HTTPException(410, f"job {job_id}: its results expired and were deleted")
+        run = JobRequest.model_validate(job.request)
+        chosen = format or run.format
+        if chosen == "json" and run.points is None and run.region is None:
+            raise HTTPException(400, "format json: the job's request has no points or region")
+        if job.steps_done == 0:
+            if job.status in (JobState.QUEUED, JobState.RUNNING):
+                return JSONResponse(
+                    body(request, job), status_code=202, headers={"Retry-After": "1"}
+                )
+            raise HTTPException(409, f"job {job_id}: {job.status.value} before its first lead")
+        files = JobFiles(settings.data_dir, job.id)
+        headers = {
+            "X-Forecast-Complete": str(job.status == JobState.SUCCEEDED).lower(),
+            "X-Leads-Done": str(12 * job.steps_done),
+        }
+        try:
+            ds = files.open_forecast(job.steps_done)
+            if chosen == "json":
+                data = json_result(
+                    job.id,
+                    ds,
+                    run,
+                    complete=job.status == JobState.SUCCEEDED,
+                    model_latitude=svc.catalog.info.latitude,
+                )
+                return JSONResponse(data, headers=headers)
+            fd, name = tempfile.mkstemp(prefix=f"{job.id}-", suffix=_SUFFIX[chosen], dir=svc.tmp)
+            os.close(fd)
+            os.unlink(name)  # the writers create the file themselves
+            writer = write_zarr_zip if chosen == "zarr" else write_netcdf
+            writer(ds, pathlib.Path(name))
+        except FileNotFoundError:
+            raise HTTPException(410, f"job {job_id}: its results were deleted") from None
+        return FileResponse(
+            name,
+            media_type=_MEDIA[chosen],
+            filename=f"forecast-{job.id}{_SUFFIX[chosen]}",
+            headers=headers,
+            background=BackgroundTask(os.unlink, name),
+        )
+
+    @router.get(
+        "/forecast/{job_id}/scores",
+        response_model=Scores,
+        summary="Scores against the verifying analysis",
+        responses={
+            **errors,
+            202: {"model": JobStatus, "description": "the job has not ended yet"},
+            409: {"model": Problem, "description": "the job failed or was cancelled"},
+            410: {"model": Problem, "description": "the results expired and were deleted"},
+        },
+    )
+    def get_scores(job_id: JobId, request: Request, owner: Owner) -> Any:
+        """Fair CRPS, ensemble-mean RMSE and spread/skill per variable, level and lead
+        (area-weighted over the globe or the job's region); leads whose verifying analysis the
+        archive lacks are marked unverified."""
+        job = find(request, job_id, owner)
+        if job.expired:
+            raise HTTPException(410, f"job {job_id}: its results expired and were deleted")
+        if job.status in (JobState.QUEUED, JobState.RUNNING):
+            return JSONResponse(body(request, job), status_code=202, headers={"Retry-After": "1"})
+        if job.status != JobState.SUCCEEDED:
+            raise HTTPException(409, f"job {job_id}: {job.status.value}, so it has no scores")
+        scores = JobFiles(settings.data_dir, job.id).read_scores()
+        if scores is None:
+            raise HTTPException(410, f"job {job_id}: its scores were deleted")
+        return scores
+
+    @router.delete(
+        "/forecast/{job_id}",
+        response_model=JobStatus,
+        summary="Cancel a queued or running job",
+        responses={**errors, 409: {"model": Problem, "description": "the job already ended"}},
+    )
+    def cancel(job_id: JobId, request: Request, owner: Owner) -> dict[str, Any]:
+        """A queued job never runs; a running one stops at its next chunk of leads (the leads
+        written stay readable until the results expire)."""
+        store = service(request).store
+        job = find(request, job_id, owner)
+        if job.status.terminal:
+            raise HTTPException(409, f"job {job_id}: already {job.status.value}")
+        now = time.time()
+        after = store.cancel(
+            job_id, owner, now=now, expires_at=now + settings.result_ttl_hours * 3600
+        )
+        assert after is not None
+        if after.status != JobState.CANCELLED:
+            raise HTTPException(409, f"job {job_id}: already {after.status.value}")
+        return body(request, after)
+
+    @router.get("/healthz", response_model=Health, summary="Liveness")
+    def healthz() -> dict[str, str]:
+        """The process answers (no key needed)."""
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        response_model=Readiness,
+        summary="Readiness: a worker has the model loaded and compiled",
+        responses={503: {"model": Readiness, "description": "not ready"}},
+    )
+    def readyz(request: Request) -> Response:
+        """Ready when the in-process worker has loaded and warmed up the model, or (without
+        one) when a live external worker for this model is (no key needed)."""
+        svc = service(request)
+        key = svc.catalog.info.key
+        if svc.worker is not None:
+            ready = svc.worker.ready.is_set()
+            worker = "in-process"
+            detail = (
+                "model loaded and compiled"
+                if ready
+                else svc.worker.failure or "loading and compiling the model"
+            )
+        else:
+            live = [
+                w
+                for w in svc.store.live_workers(now=time.time(), timeout=settings.worker_timeout_s)
+                if w.model == key and w.ready
+            ]
+            ready = bool(live)
+            worker = str(len(live))
+            detail = f"{len(live)} live worker(s) for this model"
+        data = {"ready": ready, "model": key, "worker": worker, "detail": detail}
+        return JSONResponse(data, status_code=200 if ready else 503)
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={**errors, 200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    def prometheus(request: Request, owner: Owner) -> Response:
+        """Queue depth, jobs per state, job durations, member-steps per second, batch fill
+        and jobs per sampling call."""
+        metrics.refresh(service(request).store)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

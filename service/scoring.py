@@ -1,0 +1,123 @@
+"""Scores of a finished job against the archive's verifying analysis (where the archive has it).
+
+Fair CRPS, ensemble-mean RMSE and the spread/skill ratio (`weather.scoring.metrics`) per
+variable, level and lead, area-weighted over the job's domain (the globe or its region). Leads
+whose valid time the archive lacks are marked unverified with null scores; when no lead is
+verifiable nothing is computed.
+
+Every (variable, level) pair is stacked along one ``field`` dim first, so each metric is one
+call over all fields (a worker scores a job in tens of milliseconds rather than one call per
+variable and metric).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from service.catalog import ModelInfo
+from service.results import Subset
+from service.schemas import JobRequest
+from weather.scoring import metrics
+
+
+def _number(x: Any) -> float | None:
+    value = float(x)
+    return value if math.isfinite(value) else None
+
+
+def _fields(ds: xr.Dataset, levels: list[tuple[str, int | None]]) -> xr.DataArray:
+    """``ds``'s variables at their levels stacked along ``field`` (level dropped)."""
+    parts = [
+        (ds[name].sel(level=level, drop=True) if level is not None else ds[name]).drop_vars(
+            "level", errors="ignore"
+        )
+        for name, level in levels
+    ]
+    return xr.concat(parts, dim="field", coords="minimal", compat="override", join="exact")
+
+
+def score_job(
+    job_id: str,
+    forecast: xr.Dataset,
+    archive: xr.Dataset,
+    info: ModelInfo,
+    request: JobRequest,
+    subset: Subset,
+) -> dict[str, Any]:
+    """The `service.schemas.Scores` of a forecast, as a JSON-able dict.
+
+    Args:
+      forecast: the job's forecast (its stored subset), ``[member, init_time, lead_time, ...]``.
+      archive: the canonical analysis archive on the model's grid.
+      info, request, subset: the model, the job's request and what it stores.
+    """
+    names = list(subset.variables)
+    pairs: list[tuple[str, int | None]] = [
+        (name, level)
+        for name in names
+        for level in (subset.levels if "level" in forecast[name].dims else (None,))
+    ]
+    leads = (forecast["lead_time"].values // np.timedelta64(1, "h")).astype(int)
+    valid_times = forecast["init_time"].values[0] + forecast["lead_time"].values
+    verified = np.isin(valid_times, archive["time"].values)  # [lead]
+    crps = rmse = ratio = np.full((len(pairs), leads.size), np.nan)
+    if verified.any():
+        fc = _fields(forecast.load(), pairs)  # [field, member, init_time, lead, lat, lon]
+        truth = archive[names]
+        if "level" in forecast.dims:
+            truth = truth.sel(level=list(subset.levels))
+        truth = metrics.align_truth(forecast, truth, missing="nan")
+        truth = truth.isel(latitude=subset.lat_index, longitude=subset.lon_index)
+        # The worker checked that the archive's grid is the model's: share exact coordinates.
+        truth = truth.assign_coords(latitude=forecast.latitude, longitude=forecast.longitude)
+        tr = _fields(truth.drop_vars("valid_time").load(), pairs)
+        skipna = False
+        if request.region is not None:
+            # Area weights come from the whole grid (a region's edge rows are not polar caps):
+            # pad the region to every latitude with NaN and leave NaN out of the averages.
+            full = {"latitude": np.sort(info.latitude)}
+            fc, tr = fc.sortby("latitude").reindex(full), tr.sortby("latitude").reindex(full)
+            skipna = True
+        crps, rmse, ratio = (
+            score(fc, tr, skipna=skipna).transpose("field", "lead_time").values
+            for score in (
+                lambda f, t, **kw: metrics.crps(f, t, fair=True, **kw),
+                metrics.ensemble_mean_rmse,
+                metrics.spread_skill_ratio,
+            )
+        )
+    rows = []
+    for f, (name, level) in enumerate(pairs):
+        units = str(forecast[name].attrs.get("units", ""))
+        for i, lead in enumerate(leads):
+            ok = bool(verified[i])
+            rows.append(
+                {
+                    "variable": name,
+                    "units": units,
+                    "level": level,
+                    "lead_hours": int(lead),
+                    "valid_time": np.datetime_as_string(valid_times[i], unit="s") + "Z",
+                    "verified": ok,
+                    "crps": _number(crps[f, i]) if ok else None,
+                    "rmse": _number(rmse[f, i]) if ok else None,
+                    "spread_skill": _number(ratio[f, i]) if ok else None,
+                }
+            )
+    return {
+        "job_id": job_id,
+        "members": request.members,
+        "domain": domain(request),
+        "rows": rows,
+    }
+
+
+def domain(request: JobRequest) -> str:
+    """'globe', or the region's box as text."""
+    if request.region is None:
+        return "globe"
+    return ", ".join(f"{k}={v:g}" for k, v in request.region.model_dump().items())

@@ -1,0 +1,420 @@
+"""The worker: claims compatible jobs and samples all their members in one batched call per chunk.
+
+Continuous batching. The worker keeps the jobs it holds as *lanes* (a job's members, their two
+latest states, keys and lead step). Before every chunk it claims more queued jobs while their
+members fit in the largest batch size, then advances every lane's members together in one
+compiled call (`weather.model.rollout.BatchRoller.advance`, padded to a fixed batch size), so
+jobs with different init times, seeds and lead steps share each call and a job submitted while
+others run joins at the next chunk. After the call each lane writes its new leads to its Zarr
+store, saves its resume state and records its progress; a job cancelled (or claimed by another
+worker after a missed heartbeat) is dropped there, between chunks. A finished job is scored
+and marked succeeded.
+
+Member ``m`` of a job is keyed by ``member_keys(seed, [m])`` and its step counter, exactly as in
+`weather.forecast.forecast`, so its forecast does not depend on what shares its batch (up to
+float rounding of the batch size), nor on a restart: a re-claimed job resumes from its saved
+states.
+
+A heartbeat thread records that the worker lives (the compiled call may take longer than a
+heartbeat period), so a job is claimed again only when its worker really stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from service.catalog import ModelInfo, model_info
+from service.metrics import ServiceMetrics
+from service.results import JobFiles, Subset
+from service.schemas import JobRequest
+from service.scoring import domain, score_job
+from service.settings import Settings
+from service.store import Job, JobState, JobStore
+
+log = logging.getLogger("service.worker")
+
+# Analysis states kept in memory (two states per init time).
+ANALYSIS_CACHE = 16
+
+
+@dataclasses.dataclass
+class Lane:
+    """One job in flight: its members' keys ``[M]`` and latest states ``[M, H, W, C]``."""
+
+    job: Job
+    request: JobRequest
+    subset: Subset
+    files: JobFiles
+    keys: np.ndarray
+    previous: np.ndarray
+    current: np.ndarray
+    init: np.datetime64
+    done: int
+    total: int
+    claimed: float
+
+    @property
+    def members(self) -> int:
+        return self.request.members
+
+
+class Worker:
+    """Runs jobs of one model from a job store.
+
+    Args:
+      settings: checkpoint, archive, batch sizes, timings (see `service.settings.Settings`).
+      store: the job queue.
+      metrics: where to count sampling calls, batch fill and job durations.
+      worker_id: defaults to host, pid and a random suffix.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        metrics: ServiceMetrics | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or ServiceMetrics()
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.host = socket.gethostname()
+        self.ready = threading.Event()
+        self.failure: str | None = None
+        self.lanes: list[Lane] = []
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._heartbeat: threading.Thread | None = None
+        # Finished jobs are scored here, so sampling goes on meanwhile.
+        self._finisher = concurrent.futures.ThreadPoolExecutor(1, "weather-scorer")
+        self._analyses: collections.OrderedDict[np.datetime64, tuple[np.ndarray, np.ndarray]] = (
+            collections.OrderedDict()
+        )
+        self.info: ModelInfo | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run in a background thread (the in-process worker)."""
+        self._thread = threading.Thread(target=self.run, name="weather-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the current chunk, hand unfinished jobs back to the queue, and stop."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """A job was submitted: look for work now rather than at the next poll."""
+        self._wake.set()
+
+    def run(self) -> None:
+        """Load, warm up, then serve jobs until `stop` (blocks)."""
+        try:
+            self._setup()
+        except Exception as error:  # reported by /readyz; the API keeps serving reads
+            self.failure = f"{type(error).__name__}: {error}"
+            log.exception("worker %s could not start", self.id)
+            return
+        self._heartbeat = threading.Thread(
+            target=self._beat, name="weather-worker-heartbeat", daemon=True
+        )
+        self._heartbeat.start()
+        try:
+            if self.settings.warmup:
+                self._warm_up()
+            self.ready.set()
+            self._beat_once()
+            log.info("worker %s ready for model %s", self.id, self.model_key)
+            while not self._stop.is_set():
+                try:
+                    self._admit()
+                    if not self.lanes:
+                        if self._wake.wait(self.settings.poll_s):
+                            self._wake.clear()
+                            # Let near-simultaneous submissions arrive to share the first call.
+                            self._stop.wait(self.settings.batch_window_s)
+                        continue
+                    self._chunk()
+                except Exception:  # e.g. the database is briefly unreachable: retry, not die
+                    log.exception("worker %s: loop error; retrying", self.id)
+                    self._stop.wait(self.settings.poll_s)
+        finally:
+            self._stop.set()
+            self._finisher.shutdown(wait=True)
+            if self._heartbeat is not None:
+                self._heartbeat.join(self.settings.heartbeat_s + 5)
+            try:
+                self.store.remove_worker(self.id)
+            except Exception:
+                log.exception("worker %s: could not hand its jobs back", self.id)
+
+    @property
+    def model_key(self) -> str:
+        assert self.info is not None
+        return self.info.key
+
+    def _setup(self) -> None:
+        import jax
+
+        from weather.data.reader import open_archive
+        from weather.forecast import load_forecaster
+        from weather.model.rollout import BatchRoller, RolloutConfig
+        from weather.model.train import static_channels
+
+        s = self.settings
+        if s.compilation_cache_dir is not None:
+            jax.config.update("jax_compilation_cache_dir", str(s.compilation_cache_dir))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        self.info = model_info(s)
+        self.model = load_forecaster(s.checkpoint)
+        fc = self.model.forecaster
+        sampler = fc.config.sampler
+        if s.sampler_steps is not None:
+            sampler = dataclasses.replace(sampler, num_steps=s.sampler_steps)
+        self.roller = BatchRoller(
+            fc,
+            RolloutConfig(
+                chunk_steps=s.chunk_steps,
+                initial_perturbation=s.initial_perturbation,
+                sampler=sampler,
+            ),
+            batch_sizes=tuple(s.batch_sizes),
+        )
+        self.archive = open_archive(s.archive)
+        self.static = static_channels(self.archive, fc)
+
+    def _warm_up(self) -> None:
+        """Compile every batch size now, so that no request waits for a compilation."""
+        from weather.model.rollout import member_keys
+
+        fc = self.model.forecaster
+        state = np.broadcast_to(np.asarray(fc.normalization.mean, np.float32), fc.shape)
+        for size in self.roller.batch_sizes:
+            if self._stop.is_set():
+                return
+            t0 = time.perf_counter()
+            self.roller.advance(
+                self.model.params,
+                keys=np.asarray(member_keys(0, np.arange(size))),
+                previous=np.broadcast_to(state, (size, *fc.shape)),
+                current=np.broadcast_to(state, (size, *fc.shape)),
+                steps=np.zeros(size, np.int64),
+                init_times=np.full(size, np.datetime64("2000-01-01T00", "ns")),
+                static=self.static,
+            )
+            log.info("batch size %d compiled in %.1f s", size, time.perf_counter() - t0)
+
+    def _beat_once(self) -> None:
+        self.store.heartbeat(
+            self.id, self.model_key, self.host, ready=self.ready.is_set(), now=time.time()
+        )
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._beat_once()
+            except Exception:  # a missed beat is retried; the job lease covers a few
+                log.exception("worker %s: heartbeat failed", self.id)
+            self._stop.wait(self.settings.heartbeat_s)
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Claim queued jobs while their members fit beside the lanes already held."""
+        used = sum(lane.members for lane in self.lanes)
+        capacity = self.roller.max_members - used
+        if capacity <= 0:
+            return
+        s = self.settings
+        jobs = self.store.claim(
+            self.id,
+            self.model_key,
+            max_members=capacity,
+            limit=capacity,
+            now=time.time(),
+            timeout=s.worker_timeout_s,
+            max_attempts=s.max_attempts,
+        )
+        for job in jobs:
+            try:
+                lane = self._open(job)
+            except Exception as error:  # a job we cannot start fails alone, with the reason
+                log.exception("job %s could not start", job.id)
+                self._fail(job, f"could not start: {error}")
+                continue
+            if lane.done >= lane.total:  # its last worker stopped while scoring it
+                self._finisher.submit(self._succeed, lane)
+            else:
+                self.lanes.append(lane)
+
+    def _open(self, job: Job) -> Lane:
+        from weather.data.times import to_datetime64
+        from weather.model.rollout import member_keys
+
+        assert self.info is not None
+        request = JobRequest.model_validate(job.request)
+        subset = Subset.of(self.info, request)
+        files = JobFiles(self.settings.data_dir, job.id)
+        files.create(self.info, request, subset)
+        index = np.arange(request.members)
+        init = to_datetime64(request.init_time, "init_time")
+        saved = files.load_state()
+        if saved is not None and saved[1].shape[0] == request.members:
+            done, previous, current = saved
+            log.info("job %s resumes at step %d", job.id, done)
+        else:
+            prev0, cur0 = self._analysis(init)
+            # The same perturbation on both states keeps their 12 h tendency (as Roller.run).
+            previous = np.asarray(self.roller.perturb(request.seed, index, prev0))
+            current = np.asarray(self.roller.perturb(request.seed, index, cur0))
+            done = 0
+        return Lane(
+            job=job,
+            request=request,
+            subset=subset,
+            files=files,
+            keys=np.asarray(member_keys(request.seed, index)),
+            previous=previous,
+            current=current,
+            init=init,
+            done=done,
+            total=request.lead_hours // 12,
+            claimed=time.time(),
+        )
+
+    def _analysis(self, init: np.datetime64) -> tuple[np.ndarray, np.ndarray]:
+        """The analysis states at ``init - 12h`` and ``init`` ``[H, W, C]``, cached: requests
+        crowd on the latest init times, and reading the archive costs more than sampling a
+        small model."""
+        from weather.forecast import initial_states
+
+        key: np.datetime64 = init.astype("datetime64[ns]")
+        if key in self._analyses:
+            self._analyses.move_to_end(key)
+            return self._analyses[key]
+        previous, current, _ = initial_states(self.archive, self.model.forecaster, key)
+        self._analyses[key] = (previous, current)
+        if len(self._analyses) > ANALYSIS_CACHE:
+            self._analyses.popitem(last=False)
+        return previous, current
+
+    def _chunk(self) -> None:
+        """Advance every lane by one chunk in one sampling call, then write and account."""
+        lanes = self.lanes
+        members = [lane.members for lane in lanes]
+        n = sum(members)
+        t0 = time.perf_counter()
+        try:
+            out = self.roller.advance(
+                self.model.params,
+                keys=np.concatenate([lane.keys for lane in lanes]),
+                previous=np.concatenate([lane.previous for lane in lanes]),
+                current=np.concatenate([lane.current for lane in lanes]),
+                steps=np.concatenate(
+                    [np.full(m, lane.done) for m, lane in zip(members, lanes, strict=True)]
+                ),
+                init_times=np.concatenate(
+                    [np.full(m, lane.init) for m, lane in zip(members, lanes, strict=True)]
+                ),
+                static=self.static,
+            )  # [k, N, H, W, C]
+        except Exception as error:  # the model failed on this batch: fail its jobs, go on
+            log.exception("sampling call failed")
+            for lane in list(lanes):
+                self._fail(lane.job, f"sampling failed: {error}")
+            self.lanes = []
+            return
+        elapsed = time.perf_counter() - t0
+        k = out.shape[0]
+        useful = sum(min(k, lane.total - lane.done) * lane.members for lane in lanes)
+        self.metrics.sampling_calls.inc()
+        self.metrics.batch_jobs.observe(len(lanes))
+        self.metrics.batch_fill.observe(n / self.roller.padded_size(n))
+        self.metrics.member_steps.inc(useful)
+        self.metrics.member_steps_per_second.set(useful / max(elapsed, 1e-9))
+        offset = 0
+        kept = []
+        for lane in lanes:
+            part = out[:, offset : offset + lane.members]  # [k, M, H, W, C]
+            offset += lane.members
+            if self._advance_lane(lane, part):
+                kept.append(lane)
+        self.lanes = kept
+
+    def _advance_lane(self, lane: Lane, part: np.ndarray) -> bool:
+        """Write a lane's new leads and record them; False when the lane leaves the batch."""
+        assert self.info is not None
+        k = part.shape[0]
+        new = min(k, lane.total - lane.done)
+        try:
+            lane.files.write_leads(self.info, lane.subset, lane.done, part[:new])
+            lane.previous = part[k - 2] if k >= 2 else lane.current
+            lane.current = part[k - 1]
+            lane.done += new
+            lane.files.save_state(lane.done, lane.previous, lane.current)
+        except OSError as error:
+            self._fail(lane.job, f"could not write its results: {error}")
+            return False
+        if not self.store.progress(lane.job.id, self.id, lane.done, now=time.time()):
+            log.info("job %s left the batch (cancelled or claimed by another)", lane.job.id)
+            return False
+        if lane.done >= lane.total:
+            self._finisher.submit(self._succeed, lane)
+            return False
+        return True
+
+    def _succeed(self, lane: Lane) -> None:
+        assert self.info is not None
+        try:
+            forecast = lane.files.open_forecast(lane.total)
+            scores = score_job(
+                lane.job.id, forecast, self.archive, self.info, lane.request, lane.subset
+            )
+        except Exception as error:  # the forecast stands even if its scores cannot be made
+            log.exception("job %s: scoring failed", lane.job.id)
+            scores = {
+                "job_id": lane.job.id,
+                "members": lane.request.members,
+                "domain": domain(lane.request),
+                "rows": [],
+                "error": f"scoring failed: {error}",
+            }
+        lane.files.write_scores(scores)
+        lane.files.finish()
+        now = time.time()
+        if self.store.finish(
+            lane.job.id,
+            self.id,
+            JobState.SUCCEEDED,
+            now=now,
+            expires_at=now + self.settings.result_ttl_hours * 3600,
+        ):
+            self.metrics.job_duration.observe(now - lane.job.created_at)
+            self.metrics.job_run.observe(now - lane.claimed)
+
+    def _fail(self, job: Job, error: str) -> None:
+        now = time.time()
+        self.store.finish(
+            job.id,
+            self.id,
+            JobState.FAILED,
+            now=now,
+            expires_at=now + self.settings.result_ttl_hours * 3600,
+            error=error,
+        )
