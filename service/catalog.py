@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import secrets
@@ -90,6 +91,18 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# Parsing a time or a duration (pandas) is a third of a submission's own work, and submissions
+# crowd on a few init times and leads. Failures are not cached (lru_cache keeps results only).
+@functools.lru_cache(maxsize=1024)
+def _parse_init(text: str) -> np.datetime64:
+    return to_datetime64(text, "init_time")
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _parse_lead(lead: float | str) -> np.timedelta64:
+    return parse_lead(lead)
+
+
 class Catalog:
     """The model's fields and the archive's times, for validating submissions.
 
@@ -106,8 +119,13 @@ class Catalog:
         self.archive = Path(archive)
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
-        self._times = self._read_times()
+        self._set_times(self._read_times())
         self._read_at = time.monotonic()
+
+    def _set_times(self, times: np.ndarray) -> None:
+        self._times = times
+        # Membership by hashing: `in` on the array compares every time, twice per request.
+        self._known = frozenset(times.view(np.int64).tolist())
 
     def _read_times(self) -> np.ndarray:
         from weather.data.reader import open_archive
@@ -122,14 +140,15 @@ class Catalog:
         """The archive's times ``[time]``; ``refresh`` re-reads them unless that was just done."""
         with self._lock:
             if refresh and time.monotonic() - self._read_at >= self.refresh_s:
-                self._times = self._read_times()
+                self._set_times(self._read_times())
                 self._read_at = time.monotonic()
             return self._times
 
     def _check_init(self, init: np.datetime64) -> None:
+        wanted = (init.astype("datetime64[ns]").view(np.int64), (init - STEP).view(np.int64))
         for refresh in (False, True):
             times = self.times(refresh)
-            if init in times and init - STEP in times:
+            if all(int(t) in self._known for t in wanted):
                 return
         if times.size == 0:
             raise RequestError("init_time", f"the analysis archive {self.archive.name} is empty")
@@ -150,14 +169,14 @@ class Catalog:
         """
         info = self.info
         try:
-            init = to_datetime64(request.init_time, "init_time")
+            init = _parse_init(request.init_time)
         except ArchiveError as error:
             raise RequestError("init_time", str(error)) from None
         except (OverflowError, ValueError) as error:  # pandas' out-of-range dates
             raise RequestError("init_time", f"{request.init_time!r}: {error}") from None
         self._check_init(init)
         try:
-            lead = parse_lead(request.lead)
+            lead = _parse_lead(request.lead)
         except (ValueError, OverflowError) as error:
             raise RequestError("lead", str(error)) from None
         variables = request.variables or info.variables

@@ -28,7 +28,8 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     """Register ``serve`` and ``worker`` on the ``weather`` command's subparsers."""
     serve = commands.add_parser(
         "serve",
-        help="run the HTTP forecast service (uvicorn; in-process worker by default)",
+        help="run the HTTP forecast service (uvicorn; a batching worker in a child process by "
+        "default)",
         description="Serve POST /forecast and friends (OpenAPI at /docs). Without API keys "
         "(WEATHER_API_KEYS) it binds to loopback only.",
     )
@@ -67,6 +68,32 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
+def with_embedded_archive(
+    settings: Any, *, days: float | None = None, progress: bool = True
+) -> Any:
+    """The settings, with the embedded analysis archive when the default one is absent.
+
+    A fresh clone has no ``data/era5sim/test.zarr`` (an hour of simulation); the service then
+    serves the test run's first 17 days, simulated from the spun-up state that ships with the
+    package into ``data/demo/archive.zarr`` (about a minute, once), so the README's main command
+    works on a machine with nothing but Python. An archive named explicitly is never replaced.
+    """
+    from service.settings import Settings
+    from weather.cli import DEFAULT_DATA_DIR
+    from weather.demo import EMBEDDED_ARCHIVE_DAYS, embedded_archive
+
+    default = Settings.model_fields["archive"].default
+    if Path(settings.archive) != Path(default) or Path(settings.archive).exists():
+        return settings
+    logging.getLogger("service").info(
+        "%s does not exist: serving the embedded archive (the test run's first days)",
+        settings.archive,
+    )
+    days = EMBEDDED_ARCHIVE_DAYS if days is None else days
+    store = embedded_archive(DEFAULT_DATA_DIR / "demo", days, progress=progress)
+    return settings.model_copy(update={"archive": store})
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -90,6 +117,7 @@ def serve_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    settings = with_embedded_archive(settings)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level
     )
@@ -102,7 +130,7 @@ def worker_command(args: argparse.Namespace) -> int:
     from service.worker import Worker
 
     _logging(args.log_level)
-    settings = _settings(args, worker=True)
+    settings = with_embedded_archive(_settings(args, worker=True))
     metrics = ServiceMetrics()
     if args.metrics_port is not None:
         from prometheus_client import start_http_server

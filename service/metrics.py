@@ -1,15 +1,47 @@
 """Prometheus metrics of the API and its worker, in a registry of their own (one per app).
 
 The queue gauges are read from the job store at each scrape, so they are right however many
-API servers and workers share the queue; the sampling metrics are the local worker's (a worker
-process serves its own with ``weather worker --metrics-port``).
+API servers and workers share the queue; the sampling metrics are the server's own worker's
+(its child process writes them to a file that the API serves, `serve_worker_file`; a
+``weather worker`` process serves its own with ``--metrics-port``).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.store import JobState, JobStore
+
+
+class _Collectors:
+    """Some collectors exposed together (a registry of a subset)."""
+
+    def __init__(self, collectors: Iterable[Counter | Gauge | Histogram]) -> None:
+        self.collectors = tuple(collectors)
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            yield from collector.collect()
+
+
+class _WorkerFile:
+    """The metrics a worker process last wrote to a file (none before its first write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return
+        yield from text_string_to_metric_families(text)
 
 
 class ServiceMetrics:
@@ -63,6 +95,35 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
+
+    @property
+    def worker_metrics(self) -> tuple[Counter | Gauge | Histogram, ...]:
+        """What a worker records (the rest are the API's)."""
+        return (
+            self.job_duration,
+            self.job_run,
+            self.member_steps,
+            self.member_steps_per_second,
+            self.sampling_calls,
+            self.batch_fill,
+            self.batch_jobs,
+        )
+
+    def write_worker_file(self, path: Path) -> None:
+        """Write the worker metrics to ``path`` in the text format (atomically: readers see
+        the previous or the new file, never a torn one)."""
+        registry = CollectorRegistry()
+        registry.register(_Collectors(self.worker_metrics))
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(generate_latest(registry))
+        os.replace(tmp, path)
+
+    def serve_worker_file(self, path: Path) -> None:
+        """Expose the worker metrics a worker process writes to ``path`` (`write_worker_file`)
+        in place of this process's own, which then stay idle."""
+        for metric in self.worker_metrics:
+            self.registry.unregister(metric)
+        self.registry.register(_WorkerFile(path))
 
     def refresh(self, store: JobStore) -> None:
         """Read the queue gauges from the store (call before each scrape)."""

@@ -1,5 +1,7 @@
 """The HTTP routes. Plain ``def`` routes: FastAPI runs them in its thread pool, so store calls
-and result exports never block the event loop."""
+and result exports never block the event loop. The dependencies they share (the API key) are
+``async``: they only compute, and each plain ``def`` dependency would cost a request one more
+thread hop."""
 
 import os
 import pathlib
@@ -308,7 +310,7 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
         return body(request, after)
 
     @router.get("/healthz", response_model=Health, summary="Liveness")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process answers (no key needed)."""
         return {"status": "ok"}
 
@@ -319,11 +321,15 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
         responses={503: {"model": Readiness, "description": "not ready"}},
     )
     def readyz(request: Request) -> Response:
-        """Ready when the in-process worker has loaded and warmed up the model, or (without
-        one) when a live external worker for this model is (no key needed)."""
+        """Ready when the server's worker (its child process or thread) has loaded and warmed
+        up the model, or (without one) when a live external worker for this model has (no key
+        needed)."""
         svc = service(request)
         key = svc.catalog.info.key
-        if svc.worker is not None:
+        if svc.worker_process is not None:
+            ready, detail = svc.worker_process.readiness(svc.store, time.time())
+            worker = "process"
+        elif svc.worker is not None:
             ready = svc.worker.ready.is_set()
             worker = "in-process"
             detail = (

@@ -307,7 +307,10 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool = Field(description="jobs will run without waiting for a compilation")
     model: str = Field(description="compatibility key of the model jobs are queued for")
-    worker: str = Field(description="'in-process', or the number of live external workers")
+    worker: str = Field(
+        description="'process' (the server's child process), 'in-process' (a thread of the "
+        "server), or the number of live external workers"
+    )
     detail: str = Field(description="what the server is waiting for, or why it cannot start")
 
 

@@ -79,7 +79,20 @@ class Settings(BaseSettings):
     )
 
     # -- worker --
-    worker: bool = Field(default=True, description="run a worker inside the API process")
+    worker: bool = Field(default=True, description="run a worker with the API server")
+    worker_process: bool = Field(
+        default=True,
+        description="run the API server's worker as a child process (its own interpreter lock "
+        "and garbage collector, so sampling never holds up the API); false: a thread of the "
+        "API process",
+    )
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU niceness the worker's child process adds to its own, so that the API "
+        "gets the cores first when both want them",
+    )
     batch_sizes: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [8, 16, 32],
         description="padded batch sizes of one sampling call (members of all jobs together)",

@@ -213,12 +213,20 @@ class JobStore(abc.ABC):
         """Mark ended jobs whose ``expires_at`` passed as expired; returns their ids."""
 
     @abc.abstractmethod
+    def maintain(self) -> None:
+        """Housekeeping that a long-lived owner runs every second or so from a background
+        thread, so that no request pays for it (SQLite: checkpoint the WAL)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
 
 
-def open_store(url: str, *, schema: str = "weather") -> JobStore:
+def open_store(url: str, *, schema: str = "weather", maintained: bool = False) -> JobStore:
     """A job store from a URL: ``sqlite:///path/jobs.sqlite`` or ``postgresql://...``.
+
+    Args:
+      maintained: the caller runs `JobStore.maintain` periodically (the API server does).
 
     Raises:
       ValueError: naming the URL's scheme when it is neither.
@@ -226,7 +234,9 @@ def open_store(url: str, *, schema: str = "weather") -> JobStore:
     from service import sql_store
 
     if url.startswith("sqlite:///"):
-        return sql_store.SQLiteJobStore(url.removeprefix("sqlite:///"))
+        return sql_store.SQLiteJobStore(
+            url.removeprefix("sqlite:///"), checkpoint_on_commit=not maintained
+        )
     if url.startswith(("postgresql://", "postgres://")):
         return sql_store.PostgresJobStore(url, schema=schema)
     scheme = url.split(":", 1)[0]

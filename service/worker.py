@@ -24,12 +24,14 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import gc
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 
@@ -76,6 +78,9 @@ class Worker:
       store: the job queue.
       metrics: where to count sampling calls, batch fill and job durations.
       worker_id: defaults to host, pid and a random suffix.
+      on_metrics: called after the metrics change (a worker process publishes them then); a
+        chunk's sampling metrics before its progress is recorded, so a reader who sees a job's
+        progress sees the sampling calls that made it.
     """
 
     def __init__(
@@ -85,10 +90,12 @@ class Worker:
         metrics: ServiceMetrics | None = None,
         *,
         worker_id: str | None = None,
+        on_metrics: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics or ServiceMetrics()
+        self.on_metrics = on_metrics
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.host = socket.gethostname()
         self.ready = threading.Event()
@@ -138,6 +145,10 @@ class Worker:
         try:
             if self.settings.warmup:
                 self._warm_up()
+            # The model, its compiled calls and the archive stay for the process's life: keep
+            # them out of the garbage collector's full passes, which stop every thread (in
+            # `weather serve`, the API's event loop too) for as long as they take.
+            gc.freeze()
             self.ready.set()
             self._beat_once()
             log.info("worker %s ready for model %s", self.id, self.model_key)
@@ -348,6 +359,7 @@ class Worker:
         self.metrics.batch_fill.observe(n / self.roller.padded_size(n))
         self.metrics.member_steps.inc(useful)
         self.metrics.member_steps_per_second.set(useful / max(elapsed, 1e-9))
+        self._published()
         offset = 0
         kept = []
         for lane in lanes:
@@ -407,6 +419,15 @@ class Worker:
         ):
             self.metrics.job_duration.observe(now - lane.job.created_at)
             self.metrics.job_run.observe(now - lane.claimed)
+            self._published()
+
+    def _published(self) -> None:
+        if self.on_metrics is None:
+            return
+        try:
+            self.on_metrics()
+        except Exception:  # metrics never fail a job
+            log.exception("worker %s: could not publish its metrics", self.id)
 
     def _fail(self, job: Job, error: str) -> None:
         now = time.time()

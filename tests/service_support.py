@@ -52,33 +52,38 @@ def service_files(
     """The tiny checkpoint and the synthetic archive as files (made once per session)."""
     base = factory.getbasetemp()
     if base not in _FILES:
-        from test_rollout import perturbed_params
-
-        from weather.model.checkpoint import save_checkpoint
-        from weather.model.denoiser import Forecaster
-        from weather.model.task import Normalization
-
-        root = factory.mktemp("service-files")
-        # Pixel noise: the service does not care which noise the model draws, and the sampling
-        # call then compiles several times faster than with spherical-harmonic noise.
-        config = dataclasses.replace(tiny_model_config(), noise="iid")
-        norm = Normalization.from_statistics(config.task, statistics)
-        lat, lon = archive.latitude.values, archive.longitude.values
-        forecaster = Forecaster(config, norm, lat, lon)
-        checkpoint = save_checkpoint(
-            root / "tiny.msgpack",
-            configs={
-                "model": config.to_dict(),
-                "grid": {"latitude": lat.tolist(), "longitude": lon.tolist()},
-            },
-            normalization=norm.to_dict(),
-            params=perturbed_params(forecaster),
-            metadata={"note": "tiny test model"},
-        )
-        store = root / "archive.zarr"
-        archive.to_zarr(store, zarr_format=3, consolidated=False)
-        _FILES[base] = ServiceFiles(checkpoint, store, root / "jax-cache")
+        _FILES[base] = write_service_files(factory.mktemp("service-files"), archive, statistics)
     return _FILES[base]
+
+
+def write_service_files(root: Path, archive: xr.Dataset, statistics: xr.Dataset) -> ServiceFiles:
+    """Write the tiny checkpoint and ``archive`` under ``root`` (also used by
+    ``benchmarks/forecast_service.py --tiny``, outside pytest)."""
+    from test_rollout import perturbed_params
+
+    from weather.model.checkpoint import save_checkpoint
+    from weather.model.denoiser import Forecaster
+    from weather.model.task import Normalization
+
+    # Pixel noise: the service does not care which noise the model draws, and the sampling
+    # call then compiles several times faster than with spherical-harmonic noise.
+    config = dataclasses.replace(tiny_model_config(), noise="iid")
+    norm = Normalization.from_statistics(config.task, statistics)
+    lat, lon = archive.latitude.values, archive.longitude.values
+    forecaster = Forecaster(config, norm, lat, lon)
+    checkpoint = save_checkpoint(
+        root / "tiny.msgpack",
+        configs={
+            "model": config.to_dict(),
+            "grid": {"latitude": lat.tolist(), "longitude": lon.tolist()},
+        },
+        normalization=norm.to_dict(),
+        params=perturbed_params(forecaster),
+        metadata={"note": "tiny test model"},
+    )
+    store = root / "archive.zarr"
+    archive.to_zarr(store, zarr_format=3, consolidated=False)
+    return ServiceFiles(checkpoint, store, root / "jax-cache")
 
 
 def environment(files: ServiceFiles, data_dir: Path, **settings: Any) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""End to end over real HTTP: `weather serve` in a subprocess (tiny model, in-process worker).
+"""End to end over real HTTP: `weather serve` in a subprocess (tiny model, its default worker: a
+child process of the server, whose sampling metrics the server serves).
 
 Submit, poll, fetch every format, scores, partial results, cancel, auth isolation between two
 keys, and 50 concurrent submissions that share sampling calls. Each job's members, sampled in

@@ -6,7 +6,10 @@ be reached. Each test works in a schema of its own (dropped afterwards), so para
 clash.
 """
 
+import contextlib
 import os
+import shutil
+import sqlite3
 import threading
 import uuid
 
@@ -207,3 +210,30 @@ def test_open_store_picks_the_database_from_the_url(tmp_path):
     s.close()
     with pytest.raises(ValueError, match="'mysql' is neither"):
         open_store("mysql://x")
+
+
+def test_sqlite_store_kept_by_its_owner_checkpoints_in_maintain_not_in_commits(tmp_path):
+    path = tmp_path / "jobs.sqlite"
+    store = open_store(f"sqlite:///{path}", maintained=True)
+    assert isinstance(store, SQLiteJobStore)
+
+    def rows_in_the_database_file() -> int:
+        """Jobs in the main file alone, without its WAL: what checkpoints have copied there."""
+        copy = tmp_path / "copy.sqlite"
+        shutil.copyfile(path, copy)
+        with contextlib.closing(sqlite3.connect(copy)) as db:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs'").fetchall():
+                return 0
+            return int(db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+
+    try:
+        with store._transaction(write=False) as tx:  # no commit of this store checkpoints
+            assert tx.rows("PRAGMA wal_autocheckpoint") == [(0,)]
+        for i in range(5):
+            submit(store, t=T0 + i)
+        assert rows_in_the_database_file() == 0
+        store.maintain()
+        assert rows_in_the_database_file() == 5
+        assert len(store.list_jobs(None)) == 5
+    finally:
+        store.close()
