@@ -1,4 +1,4 @@
-"""Shared fixtures: a small synthetic canonical archive and a tiny forecaster."""
+"""Shared fixtures: a small synthetic canonical archive, a tiny simulated one, a tiny forecaster."""
 
 from __future__ import annotations
 
@@ -59,6 +59,79 @@ def synthetic_archive(
     for name, u in units.items():
         ds[name].attrs["units"] = u
     return ds
+
+
+SIMULATED_TRUTH = dict(resolution="T21", layers=8, dt_minutes=60, output_hours=12, spinup_days=0)
+SIMULATED_START = np.datetime64("2001-03-01T00", "ns")
+
+
+def simulated_archive(start: np.datetime64, times: int = 12) -> xr.Dataset:
+    """A tiny simulated archive (T21 L8, 60 min step, 12-hourly, 32 x 64, 13 levels) from ``start``.
+
+    Two days after the Held-Suarez equilibrium temperature at rest plus small bumps: a jet's worth
+    of temperature gradient and no wind, which adjusts and turns baroclinically unstable, so
+    perturbations grow within days. Raw (not through the reader); its ``simulation_config``
+    attribute records the truth's simulator, as `weather data simulate` does.
+    """
+    import dataclasses
+    import json
+
+    from weather.data.grid import equiangular_grid
+    from weather.data.variables import CATALOGUE
+    from weather.physics_ensemble import EnsembleModel
+    from weather.sim.dynamics import SimulationConfig
+    from weather.sim.initialise import total_wavenumbers
+
+    config = SimulationConfig(**SIMULATED_TRUTH)
+    latitude, longitude = equiangular_grid(32, 64)
+    ensemble_model = EnsembleModel(config, latitude, longitude, 21)
+    model = ensemble_model.model
+    grid = model.coords.horizontal
+    state = model.initial_state(0, start - np.timedelta64(2, "D"))
+    ps = np.exp(grid.to_nodal(state.log_surface_pressure))
+    t_eq = model.forcing.equilibrium_temperature(ps) - model.reference_temperature[:, None, None]
+    keep = (total_wavenumbers(grid) <= 21) & grid.mask
+    rng = np.random.default_rng(0)
+    bumps = 0.2 * rng.standard_normal((config.layers, *grid.modal_shape)) * keep
+    state = dataclasses.replace(
+        state, temperature_variation=(grid.to_modal(t_eq) + bumps).astype(np.float32)
+    )
+    _, fields = ensemble_model.advance(ensemble_model.run(state, 48), times)
+    dims = ("time", "level", "latitude", "longitude")
+    data = {
+        name: (dims if fields[name].ndim == 4 else ("time", *dims[2:]), fields[name])
+        for name in (
+            "geopotential",
+            "temperature",
+            "u_component_of_wind",
+            "v_component_of_wind",
+            "surface_pressure",
+        )
+    }
+    data["geopotential_at_surface"] = (dims[2:], model.surface_geopotential()[0])
+    ds = xr.Dataset(
+        data,
+        coords={
+            "time": start + np.timedelta64(12, "h") * np.arange(times),
+            "level": np.asarray(config.levels),
+            "latitude": model.latitude,
+            "longitude": model.longitude,
+        },
+        attrs={"simulation_config": json.dumps(config.to_attrs())},
+    )
+    for name in ds.data_vars:
+        ds[name].attrs["units"] = CATALOGUE[str(name)].units
+    return ds
+
+
+@pytest.fixture(scope="session")
+def simulated_truth() -> xr.Dataset:
+    """`simulated_archive` from `SIMULATED_START`, 12 times (6 days), made once per session.
+
+    Shared because it costs about half a minute on 2 cores (mostly compiling the T21 model,
+    which the physics ensembles then reuse).
+    """
+    return simulated_archive(SIMULATED_START)
 
 
 @pytest.fixture(scope="session")

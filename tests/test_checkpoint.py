@@ -1,5 +1,7 @@
 """Checkpoint files: exact round trip, refusal of anything else."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,31 @@ def test_export_keeps_what_inference_needs_and_drops_the_training_state(tmp_path
     assert saved["metadata"] == {"history": [1, 2], "note": "shipped", "exported_from_step": 42}
     np.testing.assert_array_equal(saved["params"]["params"]["w"], ema["params"]["w"])
     assert out.stat().st_size < source.stat().st_size / 3
+
+
+def test_export_can_change_the_default_sampler_and_keeps_provenance(tmp_path):
+    from weather.cli import DEFAULT_CHECKPOINT, main
+    from weather.forecast import load_forecaster
+
+    out = tmp_path / "fast.msgpack"
+    assert main(["export", str(DEFAULT_CHECKPOINT), str(out), "--sampler", "2s:5,s_noise=1"]) == 0
+    before, after = load_checkpoint(DEFAULT_CHECKPOINT), load_checkpoint(out)
+    base = load_forecaster(DEFAULT_CHECKPOINT).forecaster.config.sampler
+    # Applied to the checkpoint's own sampler: what the text does not name is kept.
+    assert load_forecaster(out).forecaster.config.sampler == dataclasses.replace(
+        base, num_steps=5, s_noise=1.0
+    )
+    assert after["metadata"]["sampler_set_by"] == "weather export --sampler 2s:5,s_noise=1"
+    # Re-exporting an exported file keeps where it came from and everything but the sampler.
+    assert after["metadata"].get("exported_from_step") == before["metadata"].get(
+        "exported_from_step"
+    )
+    assert {k: v for k, v in after["configs"]["model"].items() if k != "sampler"} == {
+        k: v for k, v in before["configs"]["model"].items() if k != "sampler"
+    }
+    np.testing.assert_array_equal(
+        after["params"]["params"]["head"]["Conv_0"]["kernel"],
+        before["params"]["params"]["head"]["Conv_0"]["kernel"],
+    )
+    with pytest.raises(SystemExit, match="--sampler: sampler: '2s:x' is not SOLVER:N"):
+        main(["export", str(DEFAULT_CHECKPOINT), str(out), "--sampler", "2s:x"])

@@ -1,11 +1,14 @@
 """The command line: each command runs and bad input exits 2 with a message naming the problem."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from weather.cli import main
+from weather.data.reader import open_archive
 
 TINY = "--resolution T21 --layers 8 --dt-minutes 60 --spinup-days 2 --levels 250,500,850,925"
 
@@ -35,3 +38,24 @@ def test_errors_exit_2_with_the_reason(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(f"data check {tmp_path / 'missing.zarr'}".split()) == 2
     assert "missing.zarr" in capsys.readouterr().err
+
+
+def test_serve_falls_back_to_the_embedded_archive_only_for_the_default(tmp_path, monkeypatch):
+    from service.cli import with_embedded_archive
+    from service.settings import Settings
+
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("WEATHER_"):
+            monkeypatch.delenv(name)
+    named = Settings(archive=tmp_path / "mine.zarr")
+    assert with_embedded_archive(named, days=1, progress=False) is named
+    settings = with_embedded_archive(Settings(), days=1, progress=False)
+    assert settings.archive == Path("data/demo/archive.zarr")
+    ds = open_archive(settings.archive)
+    assert ds.sizes["time"] == 4 and str(ds["time"].values[0])[:13] == "1991-01-01T00"
+    # Once the standard archive exists it is served as it is.
+    (tmp_path / "data" / "era5sim" / "test.zarr").mkdir(parents=True)
+    assert with_embedded_archive(Settings(), days=1, progress=False).archive == Path(
+        "data/era5sim/test.zarr"
+    )

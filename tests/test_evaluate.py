@@ -1,18 +1,24 @@
-"""Evaluation: spaced inits, resumable forecasts of the model and baselines, scores, the table."""
+"""Evaluation: spaced inits, resumable forecasts of the model and baselines, scores, the tables."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import tiny_model_config
+from conftest import SIMULATED_START, tiny_model_config
 
 from weather.baselines import persistence
+from weather.cli import main
 from weather.data.errors import ArchiveError
 from weather.evaluate import (
     EvaluationConfig,
+    finished_forecasts,
+    history_hours_needed,
     run_baseline,
     run_model,
     score,
+    scorecard,
+    scorecard_reference,
+    scorecard_table,
     skill_table,
     spaced_inits,
     standard_baselines,
@@ -43,6 +49,19 @@ def test_spaced_inits_have_history_and_verification(archive):
     )
     with pytest.raises(ArchiveError, match="holds only"):
         spaced_inits(archive, 30, 2.0, 48, None)
+    # Bred physics members need 48 h of analyses before each init: the first init moves on.
+    later = spaced_inits(archive, 3, 2.0, 48, None, history_hours=48)
+    np.testing.assert_array_equal(later, inits + np.timedelta64(36, "h"))
+    with pytest.raises(ArchiveError, match=r"holds only 0 init times.*48 h of history"):
+        spaced_inits(archive, 1, 2.0, 48, t0 + np.timedelta64(12, "h"), history_hours=48)
+
+
+def test_history_hours_follow_the_physics_perturbations():
+    assert history_hours_needed(["model", "persistence", "perfect"], 8) == 12
+    assert history_hours_needed(["model", "physics"], 8) == 48  # 4 breeding cycles of 12 h
+    assert history_hours_needed(["physics"], 3, method="lagged") == 12  # members 6 h apart
+    assert history_hours_needed(["physics"], 8, method="lagged") == 42
+    assert history_hours_needed(["physics"], 8, method="noise") == 12
 
 
 def test_whole_years_leave_out_years_with_gaps():
@@ -94,3 +113,102 @@ def test_evaluation_scores_model_and_baselines_and_resumes(archive, checkpoint, 
     table = skill_table(scores)
     assert "| t500 | model |" in table and "| t500 | persistence |" in table
     assert table.splitlines()[0].endswith("| 12 h | 1 d |")
+
+
+def _synthetic_scores() -> xr.Dataset:
+    """Scores of three models: temperature (lead x level) and surface pressure (lead)."""
+    leads = np.array([12, 24], "timedelta64[h]").astype("timedelta64[ns]")
+    # [model, metric, lead, level]; model: model, physics, persistence; metric: crps, rmse.
+    temperature = np.array(
+        [
+            [[[1.0, 2.0], [1.5, 3.0]], [[9.0, 9.0], [9.0, 9.0]]],
+            [[[2.0, 2.0], [1.0, 4.0]], [[3.0, 6.0], [9.0, 9.0]]],
+            [[[2.5, 1.0], [2.0, 5.0]], [[9.0, 9.0], [9.0, 9.0]]],
+        ]
+    )
+    surface = np.array([[[90.0, 120.0], [1, 1]], [[100.0, 0.0], [1, 1]], [[80.0, 130.0], [1, 1]]])
+    return xr.Dataset(
+        {
+            "temperature": (("model", "metric", "lead_time", "level"), temperature),
+            "surface_pressure": (("model", "metric", "lead_time"), surface),
+        },
+        coords={
+            "model": ["model", "physics", "persistence"],
+            "metric": ["crps", "rmse"],
+            "lead_time": leads,
+            "level": [500, 850],
+        },
+    )
+
+
+def test_scorecard_is_the_percentage_crps_difference():
+    scores = _synthetic_scores()
+    card = scorecard(scores)
+    # 100 (model - physics) / physics, by hand: [lead, level] and [lead].
+    np.testing.assert_allclose(card["temperature"].values, [[-50.0, 0.0], [50.0, -25.0]])
+    # A zero reference score gives NaN, not inf.
+    np.testing.assert_allclose(card["surface_pressure"].values, [-10.0, np.nan])
+    assert card["temperature"].dims == ("lead_time", "level")
+    assert card["temperature"].attrs["units"] == "%"
+    assert card.attrs == {"model": "model", "reference": "physics", "metric": "crps"}
+    rmse = scorecard(scores, "physics", "model", metric="rmse")
+    np.testing.assert_allclose(rmse["temperature"].values, [[-200 / 3, -100 / 3], [0.0, 0.0]])
+    assert scorecard_table(card).splitlines() == [
+        "| target | 12 h | 1 d |",
+        "| --- | --- | --- |",
+        "| t850 | +0.0 | -25.0 |",
+        "| t500 | -50.0 | +50.0 |",
+        "| sp | -10.0 | - |",
+    ]
+    with pytest.raises(ValueError, match="reference: 'ens'"):
+        scorecard(scores, reference="ens")
+    with pytest.raises(ValueError, match="metric: 'mae'"):
+        scorecard(scores, metric="mae")
+
+
+def test_scorecard_reference_falls_back_to_the_best_other_baseline():
+    scores = _synthetic_scores()
+    assert scorecard_reference(scores) == ("physics", "scorecard of model against physics")
+    without = scores.sel(model=["model", "persistence"])
+    climatology = without.sel(model=["persistence"]).assign_coords(model=["climatology"]) * 0.5
+    climatology["surface_pressure"][:] = 1e3  # worse than persistence at sp, better elsewhere
+    name, note = scorecard_reference(xr.concat([without, climatology], dim="model"))
+    # Headline cells: t850 and t500 at two leads, sp at two: climatology wins 4 of 6.
+    assert name == "climatology"
+    assert "'physics' is not in the scores" in note and "4 of 6" in note
+    with pytest.raises(ValueError, match="no forecaster other than 'model'"):
+        scorecard_reference(scores.sel(model=["model"]))
+
+
+def test_evaluate_command_runs_the_physics_and_perfect_model_ensembles(
+    simulated_truth, tmp_path, capsys
+):
+    """`weather evaluate` on a tiny simulated truth (T21 L8, 12-hourly; the physics ensemble's
+    own configuration, so all share one compiled model): bred members need 48 h of history,
+    and the perfect model reads the truth's simulator from the archive. At the default
+    analysis truncation (21) a T21 truth has no unresolved scales, so its perfect-model members
+    coincide: this checks the wiring, `tests/test_physics_ensemble.py` the ensembles."""
+    store = tmp_path / "truth.zarr"
+    truth = simulated_truth.isel(time=slice(0, 7))  # 3 days: 48 h of history, a 1-day forecast
+    truth.to_zarr(store, zarr_format=3, consolidated=False)
+    out = tmp_path / "eval"
+    args = f"evaluate --archive {store} --out-dir {out} --models persistence,physics,perfect"
+    assert main(f"{args} --inits 1 --lead-days 1 --members 2 --quiet".split()) == 0
+    printed = capsys.readouterr().out
+    assert "| z500 | physics |" in printed and "| z500 | perfect |" in printed
+    scores = xr.open_dataset(out / "scores.nc")
+    assert list(scores["model"].values) == ["persistence", "physics", "perfect"]
+    assert scores["geopotential"].dims == ("model", "metric", "lead_time", "level")
+    init = SIMULATED_START + np.timedelta64(48, "h")  # the first with 48 h of analyses before
+    assert (out / "forecasts" / "physics" / "2001-03-03T00.zarr.done").exists()
+    physics = finished_forecasts(out, "physics")
+    assert physics.sizes["member"] == 2
+    np.testing.assert_array_equal(physics["init_time"].values, [init])
+    z500 = scores["geopotential"].sel(level=500)
+    for name in ("physics", "perfect"):
+        assert np.isfinite(z500.sel(model=name, metric=["crps", "rmse"])).all(), name
+    assert (z500.sel(model="physics", metric="spread_skill") > 0).all()
+    # Both are forecasts: better than persistence a day ahead, and not the truth itself.
+    crps = z500.sel(metric="crps", lead_time=np.timedelta64(24, "h"))
+    assert 0 < crps.sel(model="perfect") < crps.sel(model="persistence")
+    assert 0 < crps.sel(model="physics") < crps.sel(model="persistence")

@@ -98,3 +98,29 @@ def test_init_time_outside_the_archive_names_the_range(loaded, archive):
         forecast(loaded, archive.sel(level=[500]), init_time="2001-01-02", lead=12, members=1)
     with pytest.raises(ValueError, match="members"):
         forecast(loaded, archive, init_time="2001-01-02", lead=12, members=0)
+
+
+def test_loading_checks_parameter_shapes_without_compiling(tmp_path):
+    import jax
+
+    from weather.cli import DEFAULT_CHECKPOINT
+    from weather.forecast import load_forecaster
+    from weather.model.checkpoint import load_checkpoint, save_checkpoint
+
+    saved = load_checkpoint(DEFAULT_CHECKPOINT)
+    model = load_forecaster(DEFAULT_CHECKPOINT)
+    stem = saved["params"]["params"]["stem"]["Conv_0"]["kernel"]
+    np.testing.assert_array_equal(model.params["params"]["stem"]["Conv_0"]["kernel"], stem)
+    assert model.forecaster.count_params(model.params) == sum(
+        np.size(x) for x in jax.tree_util.tree_leaves(saved["params"])
+    )
+
+    saved["params"]["params"]["stem"]["Conv_0"]["kernel"] = stem[:, :, :-1]
+    bad = save_checkpoint(
+        tmp_path / "bad.msgpack",
+        configs=saved["configs"],
+        normalization=saved["normalization"],
+        params=saved["params"],
+    )
+    with pytest.raises(ValueError, match=r"\['stem'\]\['Conv_0'\]\['kernel'\] has shape"):
+        load_forecaster(bad)

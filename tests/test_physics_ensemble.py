@@ -1,9 +1,9 @@
 """Physics and perfect-model ensembles: determinism, spread, resolved scales, layout, errors.
 
-The truth is a tiny simulated archive (T21 L8, 60 min step, 12-hourly) made here from a
-baroclinically unstable start, so perturbations grow within days. The physics ensemble's
-default model is the same configuration, and the perfect-model tests use an analysis truncation
-of 15, so every ensemble shares one compiled model.
+The truth is a tiny simulated archive (T21 L8, 60 min step, 12-hourly; `simulated_truth` in
+conftest.py) from a baroclinically unstable start, so perturbations grow within days. The
+physics ensemble's default model is the same configuration, and the perfect-model tests use an
+analysis truncation of 15, so every ensemble shares one compiled model.
 """
 
 import dataclasses
@@ -12,12 +12,12 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import SIMULATED_START, SIMULATED_TRUTH
 
 from weather.baselines import persistence
 from weather.data.errors import ArchiveError
 from weather.data.grid import equiangular_grid
 from weather.data.reader import open_archive
-from weather.data.variables import CATALOGUE
 from weather.physics_ensemble import (
     EnsembleModel,
     PerfectModelConfig,
@@ -30,8 +30,7 @@ from weather.sim.dynamics import SimulationConfig
 from weather.sim.initialise import Analysis, modal_spectrum, total_wavenumbers
 from weather.sim.perturbations import unresolved_std
 
-TRUTH = dict(resolution="T21", layers=8, dt_minutes=60, output_hours=12, spinup_days=0)
-START = np.datetime64("2001-03-01T00", "ns")
+START = SIMULATED_START
 INIT = START + np.timedelta64(72, "h")  # 3 days of history for lagged and bred members
 LEAD = "2d"
 SETTINGS = PhysicsEnsembleConfig(lag_hours=12, breeding_cycles=2)
@@ -39,7 +38,7 @@ PERFECT = PerfectModelConfig(truncation=15, donor_hours=12)
 
 
 def _truth_config() -> SimulationConfig:
-    return SimulationConfig(**TRUTH)
+    return SimulationConfig(**SIMULATED_TRUTH)
 
 
 def _model(truncation: int) -> EnsembleModel:
@@ -48,49 +47,9 @@ def _model(truncation: int) -> EnsembleModel:
 
 
 @pytest.fixture(scope="module")
-def archive() -> xr.Dataset:
+def archive(simulated_truth: xr.Dataset) -> xr.Dataset:
     """6 days, 12-hourly, after 2 days from the Held-Suarez equilibrium temperature at rest."""
-    config = _truth_config()
-    ensemble_model = _model(21)
-    model = ensemble_model.model
-    grid = model.coords.horizontal
-    state = model.initial_state(0, START - np.timedelta64(2, "D"))
-    ps = np.exp(grid.to_nodal(state.log_surface_pressure))
-    # A jet's worth of temperature gradient and no wind: it adjusts and turns unstable.
-    t_eq = model.forcing.equilibrium_temperature(ps) - model.reference_temperature[:, None, None]
-    keep = (total_wavenumbers(grid) <= 21) & grid.mask
-    rng = np.random.default_rng(0)
-    bumps = 0.2 * rng.standard_normal((config.layers, *grid.modal_shape)) * keep
-    state = dataclasses.replace(
-        state, temperature_variation=(grid.to_modal(t_eq) + bumps).astype(np.float32)
-    )
-    _, fields = ensemble_model.advance(ensemble_model.run(state, 48), 12)
-    times = START + np.timedelta64(12, "h") * np.arange(12)
-    dims = ("time", "level", "latitude", "longitude")
-    data = {
-        name: (dims if fields[name].ndim == 4 else ("time", *dims[2:]), fields[name])
-        for name in (
-            "geopotential",
-            "temperature",
-            "u_component_of_wind",
-            "v_component_of_wind",
-            "surface_pressure",
-        )
-    }
-    data["geopotential_at_surface"] = (dims[2:], model.surface_geopotential()[0])
-    ds = xr.Dataset(
-        data,
-        coords={
-            "time": times,
-            "level": np.asarray(config.levels),
-            "latitude": model.latitude,
-            "longitude": model.longitude,
-        },
-        attrs={"simulation_config": json.dumps(config.to_attrs())},
-    )
-    for name in ds.data_vars:
-        ds[name].attrs["units"] = CATALOGUE[str(name)].units
-    return open_archive(ds)
+    return open_archive(simulated_truth)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
 """Training on a tiny archive: the loss falls, checkpoints round-trip, resume equals no stop."""
 
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -122,3 +124,45 @@ def test_the_ema_warms_up_then_decays_at_its_rate(tmp_path, archive, statistics)
             jax.tree_util.tree_leaves(ema), jax.tree_util.tree_leaves(expected_ema), strict=True
         ):
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_the_feed_gives_each_steps_arrays_made_off_the_loops_thread(
+    archive, statistics, monkeypatch, prefetch
+):
+    """From any step, across an epoch's end, the batch_arrays of that step's windows, as device
+    arrays; with prefetch every batch (reading, stacking, copying) is made in the prefetch thread.
+    """
+    from weather.data.windows import Prefetcher
+    from weather.model import train as train_lib
+    from weather.model.denoiser import Forecaster
+    from weather.model.task import Normalization
+
+    model = tiny_model_config()
+    lat, lon = archive["latitude"].values, archive["longitude"].values
+    forecaster = Forecaster(model, Normalization.from_statistics(model.task, statistics), lat, lon)
+    windows = train_lib.task_windows(archive, model.task, PERIOD, 2, seed=0)
+    first = windows.batches_per_epoch - 1
+    rows = [windows.epoch_batches(0)[-1], *windows.epoch_batches(1)[:2]]
+    made_in: list[str] = []
+    batch_arrays = train_lib.batch_arrays
+
+    def recording(batch, f):  # type: ignore[no-untyped-def]
+        made_in.append(threading.current_thread().name)
+        return batch_arrays(batch, f)
+
+    monkeypatch.setattr(train_lib, "batch_arrays", recording)
+    feed = train_lib.device_batches(windows, forecaster, first, prefetch)
+    try:
+        got = [next(feed) for _ in rows]
+    finally:
+        if isinstance(feed, Prefetcher):
+            feed.close()
+    loop_thread = threading.current_thread().name
+    assert set(made_in) == ({"weather-prefetch"} if prefetch else {loop_thread})
+    for arrays, batch_rows in zip(got, rows, strict=True):
+        want = batch_arrays(windows.load(batch_rows), forecaster)
+        assert arrays.keys() == want.keys()
+        for name, value in want.items():
+            assert isinstance(arrays[name], jax.Array)
+            np.testing.assert_array_equal(np.asarray(arrays[name]), value)

@@ -131,6 +131,27 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sampler_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sampler",
+        "--sampler-steps",
+        dest="sampler",
+        metavar="[SOLVER:]N[,FIELD=VALUE...]",
+        help="sampler, applied to the checkpoint's: N noise levels, the solver 2s (DPM-Solver++ "
+        "2S, 2N-1 denoiser calls per step) or 2m (multistep, N calls), and SamplerConfig fields, "
+        "e.g. 2s:20 (GenCast's), 2m:10, 2s:5,spread_scale=0.5; default: the checkpoint's",
+    )
+
+
+def _parsed_sampler(text: str, base: Any) -> Any:
+    from weather.model.sampler import parse_sampler
+
+    try:
+        return parse_sampler(text, base)
+    except ValueError as error:
+        raise SystemExit(f"weather: error: --sampler: {error}") from None
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
@@ -145,7 +166,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default="1991-01-02T00", help="initial time (default 1991-01-02T00)")
     p.add_argument("--lead-days", type=float, default=15.0, help="forecast length (default 15)")
     p.add_argument("--members", type=int, default=8, help="ensemble size (default 8)")
-    p.add_argument("--sampler-steps", type=int, help="noise levels N (default: the model's)")
+    _sampler_option(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -159,7 +180,7 @@ def _demo(args: argparse.Namespace) -> int:
         init_time=args.init,
         lead_days=args.lead_days,
         members=args.members,
-        sampler_steps=args.sampler_steps,
+        sampler=args.sampler,
         seed=args.seed,
     )
     summary = run_demo(config, progress=not args.quiet)
@@ -242,7 +263,10 @@ def _train(args: argparse.Namespace) -> int:
     from weather.model.task import TaskConfig
     from weather.model.train import TrainConfig, train
 
-    train_ds = open_archives(args.train_archive)
+    # Streaming reads random windows: dask chunks must be the store's own (one time each), as
+    # "auto" chunks of ~1260 times make every batch of 8 windows read most of the archive
+    # (measured on test.zarr: 4.9-6.6 s per batch against 0.23 s; benchmarks/data_windows.py).
+    train_ds = open_archives(args.train_archive, chunks={} if args.stream else "auto")
     train_period = _period(args.train_period, train_ds)
     val_ds = open_archive(args.val_archive) if args.val_archive.exists() else None
     val_period = _period(args.val_period, val_ds) if val_ds is not None else None
@@ -331,7 +355,7 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lead", default="15d", help="hours, '15d', '36h' or ISO 8601 (default 15d)")
     p.add_argument("--members", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler-steps", type=int, help="noise levels N (default: the model's)")
+    _sampler_option(p)
     p.add_argument("--chunk-steps", type=int, default=5, help="12 h steps per compiled chunk")
     p.add_argument(
         "--perturb",
@@ -344,8 +368,6 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
 
 
 def _forecast(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import numpy as np
 
     from weather.data.reader import open_archive
@@ -354,8 +376,8 @@ def _forecast(args: argparse.Namespace) -> int:
 
     model = load_forecaster(args.checkpoint)
     sampler = model.forecaster.config.sampler
-    if args.sampler_steps:
-        sampler = dataclasses.replace(sampler, num_steps=args.sampler_steps)
+    if args.sampler:
+        sampler = _parsed_sampler(args.sampler, sampler)
     rollout = RolloutConfig(
         chunk_steps=args.chunk_steps, initial_perturbation=args.perturb, sampler=sampler
     )
@@ -418,7 +440,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--models",
         default="model,persistence,climatology",
-        help="comma-separated forecasters: model, persistence, climatology",
+        help="comma-separated forecasters: model, persistence, climatology, physics (the T21 "
+        "physics ensemble, an ECMWF ENS stand-in), perfect (the perfect-model ensemble: the "
+        "truth's own simulator, from the archive's simulation_config)",
+    )
+    p.add_argument(
+        "--physics-method",
+        choices=["bred", "noise", "lagged"],
+        default="bred",
+        help="initial perturbations of the physics ensemble (default bred vectors)",
     )
     p.add_argument("--quiet", action="store_true")
 
@@ -427,6 +457,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from weather.data.reader import open_archive, open_archives
     from weather.evaluate import (
         EvaluationConfig,
+        history_hours_needed,
+        physics_baselines,
         run_baseline,
         run_model,
         score,
@@ -436,7 +468,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    known = {"model", "persistence", "climatology"}
+    known = {"model", "persistence", "climatology", "physics", "perfect"}
     unknown = sorted(set(names) - known)
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; choose from {sorted(known)}")
@@ -449,10 +481,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         sampler_steps=args.sampler_steps,
     )
     archive = open_archive(args.archive)
-    inits = spaced_inits(archive, args.inits, args.spacing_days, lead_hours, args.first)
+    history = history_hours_needed(names, args.members, method=args.physics_method)
+    inits = spaced_inits(
+        archive, args.inits, args.spacing_days, lead_hours, args.first, history_hours=history
+    )
     say = None if args.quiet else (lambda text: print(text, flush=True))
     clim = open_archives(args.climatology_archive) if "climatology" in names else None
-    baselines = standard_baselines(clim)
+    baselines = {**standard_baselines(clim), **physics_baselines(method=args.physics_method)}
     for name in names:
         if name == "model":
             run_model(config, args.checkpoint, archive, inits, progress=say)
@@ -473,12 +508,28 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", type=Path, help="checkpoint written by 'weather train'")
     p.add_argument("target", type=Path, help="file to write")
+    p.add_argument(
+        "--sampler",
+        metavar="[SOLVER:]N[,FIELD=VALUE...]",
+        help="change the checkpoint's default sampler (applied to its current one), e.g. "
+        "'2s:5,spread_scale=0.5'; recorded in the metadata",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
-    from weather.model.checkpoint import export_checkpoint
+    import dataclasses
+    import json
 
-    out = export_checkpoint(args.source, args.target)
+    from weather.model.checkpoint import export_checkpoint, load_checkpoint
+    from weather.model.denoiser import ModelConfig
+
+    sampler = metadata = None
+    if args.sampler:
+        model = ModelConfig.from_dict(load_checkpoint(args.source)["configs"]["model"])
+        chosen = _parsed_sampler(args.sampler, model.sampler)
+        sampler = json.loads(json.dumps(dataclasses.asdict(chosen)))
+        metadata = {"sampler_set_by": f"weather export --sampler {args.sampler}"}
+    out = export_checkpoint(args.source, args.target, sampler=sampler, metadata=metadata)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

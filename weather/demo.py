@@ -27,6 +27,8 @@ import xarray as xr
 SPINUP_ASSET = "spinup_test_1991-01-01.npz"
 HEADLINE = (("geopotential", 500), ("temperature", 850), ("u_component_of_wind", 850))
 REPORT_DAYS = (1, 3, 5, 10, 15)
+# Days of the embedded archive: a 15-day forecast from 1991-01-02T00 and its verification.
+EMBEDDED_ARCHIVE_DAYS = 17.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +41,8 @@ class DemoConfig:
       init_time: the forecast's initial time (UTC); the archive holds it and the 12 h before.
       lead_days: forecast length (days, a multiple of 0.5).
       members: ensemble size.
-      sampler_steps: noise levels of the sampler (None: the checkpoint's own).
+      sampler: ``"SOLVER:N"`` or ``"N"`` (`weather.model.sampler.parse_sampler`) applied to the
+        checkpoint's sampler (None: the checkpoint's own).
       seed: the forecast's seed.
       archive_days: days of the embedded archive (from 1991-01-01T00); it must hold the init,
         the 12 h before it and every valid time.
@@ -50,9 +53,9 @@ class DemoConfig:
     init_time: str = "1991-01-02T00"
     lead_days: float = 15.0
     members: int = 8
-    sampler_steps: int | None = None
+    sampler: str | None = None
     seed: int = 0
-    archive_days: float = 17.0
+    archive_days: float = EMBEDDED_ARCHIVE_DAYS
 
 
 def embedded_archive(data_dir: Path, days: float, progress: bool = True) -> Path:
@@ -92,6 +95,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     from weather.data.times import to_datetime64
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import RolloutConfig
+    from weather.model.sampler import parse_sampler
     from weather.scoring.metrics import align_truth, crps
 
     out = config.data_dir
@@ -111,8 +115,8 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
 
     model = load_forecaster(config.checkpoint)
     sampler = model.forecaster.config.sampler
-    if config.sampler_steps:
-        sampler = replace(sampler, num_steps=config.sampler_steps)
+    if config.sampler:
+        sampler = parse_sampler(config.sampler, sampler)
     target = out / "forecast.zarr"
     if target.exists():
         shutil.rmtree(target)  # the demo's own output; a rerun makes it afresh

@@ -9,6 +9,12 @@ is kept):
 - ``scores.nc``: dims ``(model, metric, lead_time[, level])``, one data variable per forecast
   variable, scored with `weather.scoring.batch.score_archive` against the analysis archive.
 
+Forecasters: ``model`` (a checkpoint, `run_model`) and the baselines, each a `Baseline` run by
+`run_baseline`: ``persistence`` and ``climatology`` (`standard_baselines`), ``physics`` (the T21
+physics ensemble, our stand-in for ECMWF's ENS) and ``perfect`` (the perfect-model ensemble),
+both from `weather.physics_ensemble` (`physics_baselines`). `scorecard` compares one model's
+CRPS with a reference's (GenCast's scorecards: against ENS, here ``physics``).
+
 Conventions: ``crps`` is the fair CRPS for ensembles; a one-member forecast (persistence) has
 no fair CRPS, and its ``crps`` is its standard CRPS, which for one member is the mean absolute
 error (WeatherBench 2's convention for deterministic forecasts).
@@ -20,13 +26,16 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from weather.data.errors import ArchiveError
 from weather.data.times import TimeLike, to_datetime64
+
+if TYPE_CHECKING:
+    from weather.physics_ensemble import PerfectModelConfig, PhysicsEnsembleConfig
 
 STEP = np.timedelta64(12, "h")
 HEADLINE: tuple[tuple[str, int | None], ...] = (
@@ -38,6 +47,9 @@ HEADLINE: tuple[tuple[str, int | None], ...] = (
     ("surface_pressure", None),
 )
 TABLE_LEADS_HOURS = (12, 24, 72, 120, 168, 240, 360)
+SCORECARD_REFERENCE = "physics"
+# One chunk per init and lead with all members: how the model's and the baselines' stores are cut.
+_STORE_CHUNKS = {"member": -1, "init_time": 1, "lead_time": 1}
 
 # A baseline: (analysis archive, init times, lead times, members, seed) -> forecast Dataset.
 Baseline = Callable[[xr.Dataset, np.ndarray, np.ndarray, int, int], xr.Dataset]
@@ -70,9 +82,15 @@ class EvaluationConfig:
 
 
 def spaced_inits(
-    archive: xr.Dataset, count: int, spacing_days: float, lead_hours: int, first: TimeLike | None
+    archive: xr.Dataset,
+    count: int,
+    spacing_days: float,
+    lead_hours: int,
+    first: TimeLike | None,
+    *,
+    history_hours: int = 12,
 ) -> np.ndarray:
-    """``count`` init times ``spacing_days`` apart, each with its 12 h history and verification.
+    """``count`` init times ``spacing_days`` apart, each with its history and verification.
 
     Args:
       archive: the analysis archive (only its time axis is read).
@@ -80,26 +98,33 @@ def spaced_inits(
       spacing_days: days between consecutive inits (20 keeps them nearly independent: forecast
         errors decorrelate within about two weeks).
       lead_hours: the forecasts' length, so every valid time is in the archive.
-      first: the first init time (default: the archive's first time + 12 h).
+      first: the first init time (default: the archive's first time + ``history_hours``).
+      history_hours: hours of analyses before each init the forecasters need (12 h at least:
+        the model's t-12h input; more for bred or lagged physics members, `history_hours_needed`).
 
     Raises:
       ArchiveError: the archive cannot hold that many (naming how many fit).
     """
     times = archive["time"].values.astype("datetime64[ns]")
-    start = to_datetime64(first, "first") if first is not None else times[0] + STEP
+    history = max(STEP, np.timedelta64(history_hours, "h"))
+    start = to_datetime64(first, "first") if first is not None else times[0] + history
     spacing = np.timedelta64(round(spacing_days * 86400), "s")
     inits = start + spacing * np.arange(count)
     last_needed = inits + np.timedelta64(lead_hours, "h")
     have = set(times.tolist())
     fits = [
-        (t - STEP).item() in have and t.item() in have and v.item() in have
+        (t - STEP).item() in have
+        and (t - history).item() in have
+        and t.item() in have
+        and v.item() in have
         for t, v in zip(inits, last_needed, strict=True)
     ]
     if not all(fits):
-        n = int(np.argmin(fits)) if not all(fits) else count
+        n = int(np.argmin(fits))
         raise ArchiveError(
             f"inits: the archive ({times[0]} .. {times[-1]}) holds only {n} init times spaced "
-            f"{spacing_days:g} days with {lead_hours} h forecasts from {start}; asked for {count}"
+            f"{spacing_days:g} days with {history / np.timedelta64(1, 'h'):g} h of history and "
+            f"{lead_hours} h forecasts from {start}; asked for {count}"
         )
     return inits.astype("datetime64[ns]")
 
@@ -194,6 +219,27 @@ def open_forecasts(config: EvaluationConfig, name: str, inits: np.ndarray) -> xr
         if not _done(store).exists():
             raise ArchiveError(f"forecast {store} is missing or unfinished; run the evaluation")
         parts.append(xr.open_zarr(store, consolidated=False, decode_timedelta=True))
+    return _join(parts)
+
+
+def finished_forecasts(out_dir: str | Path, name: str) -> xr.Dataset:
+    """Every finished store of forecaster ``name`` under ``out_dir``, joined along ``init_time``.
+
+    For reading an evaluation afterwards (`notebooks/evaluation.ipynb`) without its config:
+    stores are ``out_dir/forecasts/<name>/<init>.zarr`` with a ``.done`` marker, opened lazily,
+    in init-time order. Dims ``member, init_time, lead_time, [level,] latitude, longitude``.
+
+    Raises:
+      ArchiveError: no finished forecast of ``name`` is there.
+    """
+    folder = Path(out_dir) / "forecasts" / name
+    stores = sorted(s for s in folder.glob("*.zarr") if _done(s).exists())
+    if not stores:
+        raise ArchiveError(f"forecasts of {name!r}: no finished store under {folder}")
+    return _join([xr.open_zarr(s, consolidated=False, decode_timedelta=True) for s in stores])
+
+
+def _join(parts: list[xr.Dataset]) -> xr.Dataset:
     return xr.concat(
         parts,
         dim="init_time",
@@ -254,11 +300,110 @@ def skill_table(scores: xr.Dataset, metric: str = "crps") -> str:
         field = scores[name].sel(metric=metric)
         if level is not None:
             field = field.sel(level=level)
-        label = _target_label(name, level)
+        label = target_label(name, level)
         for model in scores["model"].values:
             row = field.sel(model=model)
             cells = [_fmt(float(row.sel(lead_time=np.timedelta64(h, "h")))) for h in columns]
             lines.append(f"| {label} | {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scorecard(
+    scores: xr.Dataset,
+    model: str = "model",
+    reference: str = SCORECARD_REFERENCE,
+    metric: str = "crps",
+) -> xr.Dataset:
+    """GenCast's scorecard: ``100 (s_model - s_ref) / s_ref`` of ``metric`` per target and lead.
+
+    Args:
+      scores: the evaluation's scores (`score`), dims ``(model, metric, lead_time[, level])``.
+      model: the forecaster compared.
+      reference: the forecaster compared against (default the physics ensemble, our ENS).
+      metric: a score where lower is better (``crps``, ``rmse``).
+
+    Returns:
+      Dataset, one data variable per scored variable, dims ``(lead_time[, level])``, in percent:
+      negative where ``model`` beats ``reference``; NaN where the reference's score is 0 or
+      either score is NaN.
+
+    Raises:
+      ValueError: ``model``, ``reference`` or ``metric`` is not in the scores.
+    """
+    names = [str(m) for m in scores["model"].values]
+    for role, name in (("model", model), ("reference", reference)):
+        if name not in names:
+            raise ValueError(f"{role}: {name!r} is not in the scores (models: {names})")
+    metrics = [str(m) for m in scores["metric"].values]
+    if metric not in metrics:
+        raise ValueError(f"metric: {metric!r} is not in the scores (metrics: {metrics})")
+    chosen = scores.sel(metric=metric, drop=True)
+    mine = chosen.sel(model=model, drop=True)
+    ref = chosen.sel(model=reference, drop=True)
+    card = 100.0 * (mine - ref) / ref.where(ref != 0)
+    for var in card.data_vars.values():
+        var.attrs = {"units": "%", "long_name": f"{metric} difference against {reference}"}
+    card.attrs = {"model": model, "reference": reference, "metric": metric}
+    return card
+
+
+def scorecard_reference(
+    scores: xr.Dataset,
+    model: str = "model",
+    preferred: str = SCORECARD_REFERENCE,
+    metric: str = "crps",
+) -> tuple[str, str]:
+    """The scorecard's reference and a sentence saying which it is and why.
+
+    ``preferred`` when the scores hold it; otherwise the other forecaster with the lowest
+    ``metric`` in the most headline (target, lead) cells (ties: the first in the scores), so a
+    scorecard still compares against the strongest baseline present.
+
+    Raises:
+      ValueError: no forecaster other than ``model`` has a finite ``metric``.
+    """
+    names = [str(m) for m in scores["model"].values]
+    if preferred in names and preferred != model:
+        return preferred, f"scorecard of {model} against {preferred}"
+    chosen = scores.sel(metric=metric)
+    cells = [
+        chosen[name].sel(level=level) if level is not None else chosen[name]
+        for name, level in HEADLINE
+        if name in scores and (level is None or level in scores[name]["level"].values)
+    ]
+    others = [n for n in names if n != model]
+    wins = dict.fromkeys(others, 0)
+    total = 0
+    for field in cells if others else []:
+        values = field.sel(model=others).transpose("model", ...).values.reshape(len(others), -1)
+        finite = np.isfinite(values)
+        for column in np.flatnonzero(finite.any(0)):
+            best = np.nanargmin(np.where(finite[:, column], values[:, column], np.nan))
+            wins[others[best]] += 1
+            total += 1
+    if not total:
+        raise ValueError(f"scorecard: no forecaster other than {model!r} has a finite {metric}")
+    best_name = max(others, key=lambda n: wins[n])
+    return best_name, (
+        f"{preferred!r} is not in the scores: scorecard of {model} against {best_name}, the best "
+        f"other forecaster here (lowest {metric} in {wins[best_name]} of {total} headline "
+        "target/lead cells)"
+    )
+
+
+def scorecard_table(card: xr.Dataset) -> str:
+    """`scorecard` as Markdown: one row per headline target, one column per table lead (%)."""
+    leads = card["lead_time"].values
+    columns = [h for h in TABLE_LEADS_HOURS if np.timedelta64(h, "h") in leads]
+    head = "| target | " + " | ".join(_lead_label(h) for h in columns) + " |"
+    lines = [head, "|" + " --- |" * (len(columns) + 1)]
+    for name, level in HEADLINE:
+        if name not in card:
+            continue
+        field = card[name] if level is None else card[name].sel(level=level)
+        cells = [float(field.sel(lead_time=np.timedelta64(h, "h"))) for h in columns]
+        text = [f"{c:+.1f}" if np.isfinite(c) else "-" for c in cells]
+        lines.append(f"| {target_label(name, level)} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 
@@ -294,7 +439,8 @@ _SHORT = {
 }
 
 
-def _target_label(name: str, level: int | None) -> str:
+def target_label(name: str, level: int | None) -> str:
+    """Short label of a target: ``z500``, ``t850``, ``sp`` (WeatherBench style)."""
     return f"{_SHORT.get(name, name)}{level if level is not None else ''}"
 
 
@@ -322,3 +468,67 @@ def standard_baselines(climatology_archive: xr.Dataset | None) -> dict[str, Base
 
         out["climatology"] = climatology
     return out
+
+
+def physics_baselines(
+    *,
+    method: str = "bred",
+    physics: PhysicsEnsembleConfig | None = None,
+    perfect: PerfectModelConfig | None = None,
+) -> dict[str, Baseline]:
+    """The physics ensemble (``physics``, ECMWF ENS stand-in) and the perfect model (``perfect``).
+
+    Args:
+      method: the physics ensemble's initial perturbations (`weather.physics_ensemble.METHODS`).
+      physics: its model and perturbation settings (default `PhysicsEnsembleConfig()`: T21 L8).
+      perfect: the perfect-model ensemble's unresolved scales (default `PerfectModelConfig()`);
+        it runs the truth's own simulator, read from the archive's ``simulation_config``.
+
+    Each baseline forecasts leads 12 h, 24 h, ... up to the evaluation's last lead (contiguous,
+    as `EvaluationConfig.leads` makes them), in memory, chunked like the model's stores.
+    """
+
+    def longest(leads: np.ndarray) -> np.timedelta64:
+        leads = np.asarray(leads).astype("timedelta64[ns]")
+        expected = (STEP * np.arange(1, leads.size + 1)).astype("timedelta64[ns]")
+        if not np.array_equal(leads, expected):
+            raise ValueError("lead_times: the physics ensembles forecast every 12 h from 12 h")
+        return leads[-1]
+
+    # Imported when run: the simulator (jax, dinosaur) is not needed to list the baselines.
+    def physics_run(a: xr.Dataset, i: np.ndarray, lt: np.ndarray, m: int, s: int) -> xr.Dataset:
+        from weather.physics_ensemble import physics_ensemble
+
+        ds = physics_ensemble(a, list(i), longest(lt), m, method=method, seed=s, config=physics)
+        return ds.chunk(_STORE_CHUNKS)
+
+    def perfect_run(a: xr.Dataset, i: np.ndarray, lt: np.ndarray, m: int, s: int) -> xr.Dataset:
+        from weather.physics_ensemble import perfect_model_ensemble
+
+        ds = perfect_model_ensemble(a, list(i), longest(lt), m, seed=s, config=perfect)
+        return ds.chunk(_STORE_CHUNKS)
+
+    return {"physics": physics_run, "perfect": perfect_run}
+
+
+def history_hours_needed(
+    names: Sequence[str],
+    members: int,
+    *,
+    method: str = "bred",
+    physics: PhysicsEnsembleConfig | None = None,
+) -> int:
+    """Hours of analyses before each init that the named forecasters need (for `spaced_inits`).
+
+    12 h for the model (its t-12h input) and the other baselines; the physics ensemble's bred
+    vectors need ``breeding_cycles * breeding_hours`` (48 h by default) and its lagged members
+    ``(members - 1) * lag_hours``.
+    """
+    hours = 12
+    if "physics" in names:
+        from weather.physics_ensemble import PhysicsEnsembleConfig, _needed_times
+
+        init = np.datetime64(0, "h")
+        needed = _needed_times(init, method, members, physics or PhysicsEnsembleConfig())
+        hours = max(hours, int((init - min(needed)) // np.timedelta64(1, "h")))
+    return hours

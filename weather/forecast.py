@@ -59,9 +59,26 @@ def load_forecaster(path: str | Path) -> LoadedModel:
     )
     import jax
 
-    template = forecaster.init_params(jax.random.PRNGKey(0))
+    template = forecaster.param_shapes()
     params = serialization.from_state_dict(template, saved["params"])
-    return LoadedModel(forecaster, params, saved["metadata"], str(path))
+    check_param_shapes(template, params, path)
+    return LoadedModel(forecaster, jax.device_put(params), saved["metadata"], str(path))
+
+
+def check_param_shapes(template: Any, params: Any, path: str | Path) -> None:
+    """Raise `ValueError` naming the first parameter whose shape differs from the model's."""
+    import jax
+
+    want = dict(jax.tree_util.tree_leaves_with_path(template))
+    for key, value in jax.tree_util.tree_leaves_with_path(params):
+        expected = want.get(key)
+        shape = tuple(np.shape(value))
+        if expected is None or tuple(expected.shape) != shape:
+            name = jax.tree_util.keystr(key)
+            raise ValueError(
+                f"checkpoint {path}: parameter {name} has shape {shape}, but the model's "
+                f"config makes {None if expected is None else tuple(expected.shape)}"
+            )
 
 
 def parse_lead(lead: str | float | int | np.timedelta64) -> np.timedelta64:

@@ -92,23 +92,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def export_checkpoint(
-    source: str | Path, target: str | Path, *, metadata: dict[str, Any] | None = None
+    source: str | Path,
+    target: str | Path,
+    *,
+    metadata: dict[str, Any] | None = None,
+    sampler: dict[str, Any] | None = None,
 ) -> Path:
     """Write an inference-only copy of a training checkpoint (EMA parameters, configs,
     normalisation, metadata; no optimiser state or raw parameters, about a third of the size).
 
     Args:
-      source: a checkpoint written by training.
+      source: a checkpoint written by training (or an exported one, to change its sampler).
       target: the file to write (atomically).
       metadata: entries added to (or replacing) the source's metadata, e.g. provenance.
+      sampler: a replacement for the model config's ``sampler`` entry (the fields of
+        `weather.model.sampler.SamplerConfig`): the sampler that inference uses by default.
     """
     saved = load_checkpoint(source)
     meta = dict(saved["metadata"])
     meta.update(metadata or {})
-    meta["exported_from_step"] = int(saved["train"]["step"]) if "train" in saved else None
+    if "train" in saved:
+        meta["exported_from_step"] = int(saved["train"]["step"])
+    configs = saved["configs"]
+    if sampler is not None:
+        configs = {**configs, "model": {**configs["model"], "sampler": dict(sampler)}}
     return save_checkpoint(
         target,
-        configs=saved["configs"],
+        configs=configs,
         normalization=saved["normalization"],
         params=saved["params"],
         metadata=meta,

@@ -130,6 +130,17 @@ class Forecaster:
         x = jnp.zeros((1, h, w, c + self.task.n_conditioning), jnp.float32)
         return jax.jit(self.module.init)(key, x, jnp.zeros((1,), jnp.float32))
 
+    def param_shapes(self) -> Any:
+        """The parameters' tree of `jax.ShapeDtypeStruct` (traced, never run or compiled).
+
+        Loading a checkpoint needs only the tree's structure and shapes; `init_params` would
+        compile the whole initialiser, which takes over a minute for the U-Net on a CPU.
+        """
+        h, w, c = self.shape
+        x = jax.ShapeDtypeStruct((1, h, w, c + self.task.n_conditioning), jnp.float32)
+        noise = jax.ShapeDtypeStruct((1,), jnp.float32)
+        return jax.eval_shape(self.module.init, jax.random.PRNGKey(0), x, noise)
+
     def count_params(self, params: Any) -> int:
         return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
