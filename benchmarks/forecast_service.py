@@ -270,11 +270,21 @@ async def measure(
             job = (await control.request("POST", "/forecast", {**body, "seed": s}))[1]
             await _wait_done(control, job["id"], args.startup_timeout)
         sequential = time.perf_counter() - t1
+        # The same member-steps as one job: what batching across jobs should match.
+        t1 = time.perf_counter()
+        big = {**body, "members": args.jobs * args.members, "seed": 0}
+        status, job = await control.request("POST", "/forecast", big)
+        if status != 202:
+            raise SystemExit(f"the {big['members']}-member job was refused: {status} {job}")
+        await _wait_done(control, job["id"], args.startup_timeout)
+        one_big = time.perf_counter() - t1
         result[f"{args.jobs}_jobs_x_{args.members}_members_s"] = {
             "lead": args.lead,
             "together": round(together, 2),
             "one_after_another": round(sequential, 2),
+            f"one_{args.jobs * args.members}_member_job": round(one_big, 2),
             "speed_up": round(sequential / together, 2),
+            "together_over_one_big_job": round(together / one_big, 2),
         }
     control.close()
     return result

@@ -46,7 +46,7 @@ class ModelInfo:
 
     Attributes:
       key: identifies what a worker computes: the checkpoint's bytes and the sampling settings
-        (sampler steps, initial perturbation). Workers claim only jobs with their key.
+        (sampler, initial perturbation). Workers claim only jobs with their key.
       task: the fields and levels.
       latitude, longitude: the grid (degrees).
     """
@@ -73,7 +73,7 @@ def model_info(settings: Settings) -> ModelInfo:
     saved = load_checkpoint(path)
     digest = hashlib.sha256(path.read_bytes())
     sampling = {
-        "sampler_steps": settings.sampler_steps,
+        "sampler": settings.sampler_spec,
         "initial_perturbation": settings.initial_perturbation,
     }
     digest.update(json.dumps(sampling, sort_keys=True).encode())

@@ -1,8 +1,10 @@
 """The HTTP routes. Plain ``def`` routes: FastAPI runs them in its thread pool, so store calls
 and result exports never block the event loop. The dependencies they share (the API key) are
 ``async``: they only compute, and each plain ``def`` dependency would cost a request one more
-thread hop."""
+thread hop. The result and scores routes are ``async`` because they can long-poll (``wait``):
+they wait on the event loop and do their store and file work in the thread pool."""
 
+import asyncio
 import os
 import pathlib
 import tempfile
@@ -14,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from service.auth import owner_dependency
 from service.catalog import request_hash
@@ -39,6 +42,17 @@ from service.store import IdempotencyConflictError, Job, JobState, NewJob, Queue
 JobId = Annotated[
     str, Path(pattern=r"^[0-9a-f]{32}$", description="job id (32 lower-case hex digits)")
 ]
+MAX_WAIT_S = 900.0
+Wait = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_WAIT_S,
+        description="seconds (at most 900) to wait for the job to end before answering: a long "
+        "poll, so that one request gets a finished result; 0 answers at once",
+    ),
+]
+_WAIT_POLL_S = 0.5
 _MEDIA = {"zarr": "application/zip", "netcdf": "application/x-netcdf"}
 _SUFFIX = {"zarr": ".zarr.zip", "netcdf": ".nc"}
 
@@ -100,6 +114,20 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
 
     def body(request: Request, job: Job) -> dict[str, Any]:
         return status_body(job, service(request).store.queue_position(job), time.time())
+
+    async def settled(request: Request, job_id: str, owner: str, wait: float) -> Job:
+        """The job, once it has ended or ``wait`` seconds have passed (or the client left).
+        It waits on the event loop, not in a thread, so long polls never starve the thread
+        pool the other routes run in."""
+        job = await run_in_threadpool(find, request, job_id, owner)
+        deadline = time.monotonic() + wait
+        while job.status in (JobState.QUEUED, JobState.RUNNING):
+            left = deadline - time.monotonic()
+            if left <= 0 or await request.is_disconnected():
+                break
+            await asyncio.sleep(min(_WAIT_POLL_S, left))
+            job = await run_in_threadpool(find, request, job_id, owner)
+        return job
 
     @router.post(
         "/forecast",
@@ -204,7 +232,7 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
             410: {"model": Problem, "description": "the results expired and were deleted"},
         },
     )
-    def get_result(
+    async def get_result(
         job_id: JobId,
         request: Request,
         owner: Owner,
@@ -212,11 +240,17 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
             OutputFormat | None,
             Query(description="zarr, netcdf or json (default: the request's format)"),
         ] = None,
+        wait: Wait = 0,
     ) -> Response:
         """Dims ``member, init_time, lead_time, [level,] latitude, longitude``, physical units.
-        Leads already written are readable while the job still runs."""
+        Leads already written are readable while the job still runs (``wait`` > 0: once it
+        ended or ``wait`` seconds have passed)."""
+        job = await settled(request, job_id, owner, wait)
+        return await run_in_threadpool(result_answer, request, job, format)
+
+    def result_answer(request: Request, job: Job, format: OutputFormat | None) -> Response:
+        job_id = job.id
         svc = service(request)
-        job = find(request, job_id, owner)
         if job.expired:
             raise HTTPException(410, f"job {job_id}: its results expired and were deleted")
         run = JobRequest.model_validate(job.request)
@@ -271,11 +305,16 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
             410: {"model": Problem, "description": "the results expired and were deleted"},
         },
     )
-    def get_scores(job_id: JobId, request: Request, owner: Owner) -> Any:
+    async def get_scores(job_id: JobId, request: Request, owner: Owner, wait: Wait = 0) -> Any:
         """Fair CRPS, ensemble-mean RMSE and spread/skill per variable, level and lead
         (area-weighted over the globe or the job's region); leads whose verifying analysis the
-        archive lacks are marked unverified."""
-        job = find(request, job_id, owner)
+        archive lacks are marked unverified. ``wait`` > 0 answers once the job ended (or
+        ``wait`` seconds have passed): POST, then one GET with ``wait`` gets the scores."""
+        job = await settled(request, job_id, owner, wait)
+        return await run_in_threadpool(scores_answer, request, job)
+
+    def scores_answer(request: Request, job: Job) -> Any:
+        job_id = job.id
         if job.expired:
             raise HTTPException(410, f"job {job_id}: its results expired and were deleted")
         if job.status in (JobState.QUEUED, JobState.RUNNING):

@@ -100,8 +100,17 @@ class Settings(BaseSettings):
     chunk_steps: int = Field(
         default=1, ge=1, le=30, description="12 h steps per sampling call (leads written per call)"
     )
+    sampler: str | None = Field(
+        default=None,
+        description="the sampler, [SOLVER:]N[,FIELD=VALUE...] applied to the checkpoint's own: "
+        "N noise levels, solver 2s (2N-1 denoiser calls a step) or 2m (N calls), and "
+        "SamplerConfig fields, e.g. '2s:20' (GenCast's) or '2s:5,spread_scale=0.6' "
+        "(default: the checkpoint's)",
+    )
     sampler_steps: int | None = Field(
-        default=None, ge=2, description="noise levels of the sampler (default: the checkpoint's)"
+        default=None,
+        ge=2,
+        description="shorthand for sampler=N (the checkpoint's solver with N noise levels)",
     )
     initial_perturbation: float = Field(
         default=0.0,
@@ -151,6 +160,16 @@ class Settings(BaseSettings):
             raise ValueError(f"batch_sizes: must be positive and strictly ascending, got {sizes}")
         return sizes
 
+    @field_validator("sampler")
+    @classmethod
+    def _sampler_spec(cls, text: str | None) -> str | None:
+        if text is None:
+            return None
+        from weather.model.sampler import SamplerConfig, parse_sampler
+
+        parse_sampler(text, SamplerConfig())  # the syntax and the values, against the defaults
+        return text.strip()
+
     @field_validator("database_schema")
     @classmethod
     def _identifier(cls, schema: str) -> str:
@@ -170,7 +189,19 @@ class Settings(BaseSettings):
                 f"worker_timeout_s ({self.worker_timeout_s}) must exceed heartbeat_s "
                 f"({self.heartbeat_s})"
             )
+        if self.sampler is not None and self.sampler_steps is not None:
+            raise ValueError(
+                f"sampler ({self.sampler!r}) and sampler_steps ({self.sampler_steps}) are both "
+                "set; give only sampler"
+            )
         return self
+
+    @property
+    def sampler_spec(self) -> str | None:
+        """The sampler to apply to the checkpoint's (`parse_sampler` text), or None for its own."""
+        if self.sampler_steps is not None:
+            return str(self.sampler_steps)
+        return self.sampler
 
     @property
     def database(self) -> str:

@@ -186,6 +186,7 @@ class Worker:
         from weather.data.reader import open_archive
         from weather.forecast import load_forecaster
         from weather.model.rollout import BatchRoller, RolloutConfig
+        from weather.model.sampler import parse_sampler
         from weather.model.train import static_channels
 
         s = self.settings
@@ -196,8 +197,8 @@ class Worker:
         self.model = load_forecaster(s.checkpoint)
         fc = self.model.forecaster
         sampler = fc.config.sampler
-        if s.sampler_steps is not None:
-            sampler = dataclasses.replace(sampler, num_steps=s.sampler_steps)
+        if s.sampler_spec is not None:
+            sampler = parse_sampler(s.sampler_spec, sampler)
         self.roller = BatchRoller(
             fc,
             RolloutConfig(

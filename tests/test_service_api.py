@@ -221,6 +221,31 @@ def test_partial_results_while_running_then_cancel(alice):
     assert alice.get(f"/forecast/{job['id']}/result").status_code == 200
 
 
+def test_one_long_poll_after_the_post_gets_the_scores(alice):
+    """``wait`` answers once the job ended: POST, then one GET has the scores (the README's
+    recipe), while other requests keep being answered."""
+    body = {"init_time": INIT, "lead": "P2D", "members": 2, "seed": 5}
+    job = alice.post("/forecast", json=body).json()
+    long = alice.post("/forecast", json={**body, "lead": "P15D", "seed": 6}).json()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        waiting = pool.submit(alice.get, f"/forecast/{job['id']}/scores", params={"wait": 120})
+        t0 = time.monotonic()
+        short = alice.get(f"/forecast/{long['id']}/result", params={"wait": 0.3})
+        # The long poll of one job does not hold up another's short one.
+        assert short.status_code in (200, 202) and time.monotonic() - t0 < 30
+        scores = waiting.result()
+    assert scores.status_code == 200, scores.text
+    rows = scores.json()["rows"]
+    assert scores.json()["members"] == 2 and {r["lead_hours"] for r in rows} == {12, 24, 36, 48}
+    assert all(r["verified"] and r["crps"] is not None for r in rows)
+    assert alice.get(f"/forecast/{job['id']}").json()["status"] == "succeeded"
+    done = alice.get(f"/forecast/{job['id']}/result", params={"wait": 5, "format": "netcdf"})
+    assert done.status_code == 200 and done.headers["x-forecast-complete"] == "true"
+    too_long = alice.get(f"/forecast/{job['id']}/scores", params={"wait": 901})
+    assert too_long.status_code == 422 and "wait" in too_long.text
+    alice.delete(f"/forecast/{long['id']}")
+
+
 def test_keys_see_only_their_own_jobs(alice, bob, server):
     mine = alice.post("/forecast", json={"init_time": INIT, "lead": 12, "members": 1}).json()
     assert bob.get(f"/forecast/{mine['id']}").status_code == 404

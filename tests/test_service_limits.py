@@ -179,6 +179,29 @@ def test_settings_are_validated():
     assert Settings(database_url=None, data_dir="/x").database == "sqlite:////x/jobs.sqlite"
 
 
+def test_sampler_setting_takes_the_general_spec():
+    assert Settings(sampler=" 2m:6,spread_scale=0.5 ").sampler_spec == "2m:6,spread_scale=0.5"
+    assert Settings(sampler_steps=8).sampler_spec == "8"
+    assert Settings().sampler_spec is None
+    with pytest.raises(ValueError, match="sampler: 'bogus' is not SOLVER:N"):
+        Settings(sampler="bogus")
+    with pytest.raises(ValueError, match="spread_scale must be finite and > 0"):
+        Settings(sampler="2s:5,spread_scale=0")
+    with pytest.raises(ValueError, match="give only sampler"):
+        Settings(sampler="2s:5", sampler_steps=5)
+
+
+def test_workers_with_other_samplers_claim_other_jobs(settings):
+    """The compatibility key covers the sampler: a worker never samples a job queued for
+    another sampler (the key of a job is fixed when it is queued)."""
+    from service.catalog import model_info
+
+    own = model_info(settings).key
+    other = model_info(settings.model_copy(update={"sampler": "2s:3"})).key
+    assert own != other
+    assert model_info(settings.model_copy(update={"sampler": "2s:3"})).key == other
+
+
 def test_openapi_documents_every_field_with_units_and_limits(client):
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
