@@ -1,5 +1,7 @@
 """Evaluation: spaced inits, resumable forecasts of the model and baselines, scores, the tables."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,9 @@ from weather.cli import main
 from weather.data.errors import ArchiveError
 from weather.evaluate import (
     EvaluationConfig,
+    check_settings,
     finished_forecasts,
+    goals_report,
     history_hours_needed,
     run_baseline,
     run_model,
@@ -166,6 +170,65 @@ def test_scorecard_is_the_percentage_crps_difference():
         scorecard(scores, metric="mae")
 
 
+def test_leads_are_named_as_runs():
+    from weather.evaluate import _leads_text
+
+    assert _leads_text([12, 24, 36, 72, 156, 168, 180]) == "12 h to 36 h, 3 d, 156 h to 180 h"
+    assert _leads_text([168]) == "7 d"
+
+
+def test_goals_report_measures_each_goal_of_the_evaluation():
+    leads = (np.array([12, 24, 36, 48], "timedelta64[h]")).astype("timedelta64[ns]")
+    names = ["model", "climatology", "persistence", "physics", "perfect"]
+    z = [[10, 20, 30, 40], [50, 50, 50, 35], [15, 40, 60, 80], [12, 18, 33, 45], [5, 10, 15, 20]]
+    t = [[1, 2, 3, 4], [5, 5, 5, 5], [2, 3, 4, 5], [1, 1, 1, 1], [0.5, 1, 1.5, 2]]
+    spread_skill = {"geopotential": [0.5, 0.9, 1.1, 1.3], "temperature": [1.0, 1.0, 1.0, 1.0]}
+
+    def field(crps: list[list[float]], name: str) -> np.ndarray:
+        # [model, metric, lead, level]: the same numbers at both levels.
+        ratio = np.tile(spread_skill[name], (len(names), 1))
+        both = np.stack([np.asarray(crps, float), ratio], axis=1)
+        return np.repeat(both[..., None], 2, axis=-1)
+
+    dims = ("model", "metric", "lead_time", "level")
+    scores = xr.Dataset(
+        {
+            "geopotential": (dims, field(z, "geopotential")),
+            "temperature": (dims, field(t, "temperature")),
+        },
+        coords={
+            "model": names,
+            "metric": ["crps", "spread_skill"],
+            "lead_time": leads,
+            "level": [500, 850],
+        },
+    )
+    lines = goals_report(scores).splitlines()
+    assert lines == [
+        "- z500 CRPS below climatology: no, not at 2 d (3 of 4 leads, 12 h to 2 d)",
+        "- t850 CRPS below climatology: yes, at every lead (4 of 4 leads, 12 h to 2 d)",
+        "- z500 CRPS below persistence: yes, at every lead (4 of 4 leads, 12 h to 2 d)",
+        "- t850 CRPS below persistence: yes, at every lead (4 of 4 leads, 12 h to 2 d)",
+        "- z500 spread/skill beyond 1 d: 1.10 to 1.30, within [0.8, 1.2] at 1 of 2 leads",
+        "- t850 spread/skill beyond 1 d: 1.00 to 1.00, within [0.8, 1.2] at 2 of 2 leads",
+        "- t500 spread/skill beyond 1 d: 1.00 to 1.00, within [0.8, 1.2] at 2 of 2 leads",
+        # z: better at 12, 36, 48 h on both levels; t: never (equal at 12 h is not better).
+        "- physics ensemble beaten on 6 of 16 (variable, level, lead) targets (38 %; GenCast "
+        "against ENS: 97 %)",
+        "- z500 CRPS over the perfect-model bound: 12 h 2.00, 1 d 2.00",
+        "- t850 CRPS over the perfect-model bound: 12 h 2.00, 1 d 2.00",
+        "- t500 CRPS over the perfect-model bound: 12 h 2.00, 1 d 2.00",
+    ]
+    partial = goals_report(scores.sel(model=["model", "persistence"])).splitlines()
+    assert partial[0] == "- below climatology: not scored (climatology was not run)"
+    assert partial[-2:] == [
+        "- against the physics ensemble: not scored (physics was not run)",
+        "- perfect-model bound: not scored (perfect was not run)",
+    ]
+    with pytest.raises(ValueError, match="model: 'gencast' is not in the scores"):
+        goals_report(scores, "gencast")
+
+
 def test_scorecard_reference_falls_back_to_the_best_other_baseline():
     scores = _synthetic_scores()
     assert scorecard_reference(scores) == ("physics", "scorecard of model against physics")
@@ -212,3 +275,42 @@ def test_evaluate_command_runs_the_physics_and_perfect_model_ensembles(
     crps = z500.sel(metric="crps", lead_time=np.timedelta64(24, "h"))
     assert 0 < crps.sel(model="perfect") < crps.sel(model="persistence")
     assert 0 < crps.sel(model="physics") < crps.sel(model="persistence")
+
+
+def test_an_evaluation_directory_keeps_one_set_of_settings(checkpoint, tmp_path):
+    """Resuming joins stores by init time, so settings that change the forecasts must match."""
+    config = EvaluationConfig(out_dir=tmp_path / "eval", lead_hours=24, members=2)
+    check_settings(config, checkpoint)
+    check_settings(config, checkpoint)  # the same again: resumes
+    other = EvaluationConfig(
+        out_dir=config.out_dir, lead_hours=24, members=4, sampler="2s:5,spread_scale=0.6"
+    )
+    with pytest.raises(ValueError, match=r"members 2 -> 4, sampler None -> '2s:5,spread_sc"):
+        check_settings(other, checkpoint)
+
+
+def test_evaluate_command_rejects_a_bad_sampler_before_forecasting(tmp_path):
+    args = f"evaluate --archive {tmp_path / 'none.zarr'} --out-dir {tmp_path} --sampler 2x:5"
+    with pytest.raises(SystemExit, match=r"--sampler: .*solver must be one of"):
+        main(args.split())
+    assert not (tmp_path / "settings.json").exists()
+
+
+def test_evaluate_command_prints_the_goals_and_draws_the_scorecard(
+    archive, checkpoint, tmp_path, capsys
+):
+    store = tmp_path / "analysis.zarr"
+    archive.to_zarr(store, zarr_format=3, consolidated=False)
+    out = tmp_path / "eval"
+    args = f"evaluate --checkpoint {checkpoint} --archive {store} --out-dir {out}"
+    code = main(f"{args} --models model,persistence --inits 1 --lead-days 1 --members 2".split())
+    assert code == 0
+    printed = capsys.readouterr().out
+    # No physics ensemble here: the scorecard falls back to the best other forecaster.
+    assert "'physics' is not in the scores: scorecard of model against persistence" in printed
+    assert "- t850 CRPS below persistence: " in printed
+    assert "- below climatology: not scored (climatology was not run)" in printed
+    assert "spread/skill (1 is calibrated" in printed
+    for figure in ("scorecard", "crps", "spread_skill"):
+        assert (out / f"{figure}.png").stat().st_size > 1000, figure
+    assert json.loads((out / "settings.json").read_text())["members"] == 2

@@ -436,7 +436,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lead-days", type=float, default=15.0)
     p.add_argument("--members", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler-steps", type=int, help="the model's noise levels (default: its own)")
+    _sampler_option(p)
     p.add_argument(
         "--models",
         default="model,persistence,climatology",
@@ -457,15 +457,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     from weather.data.reader import open_archive, open_archives
     from weather.evaluate import (
         EvaluationConfig,
+        check_settings,
+        goals_report,
         history_hours_needed,
         physics_baselines,
         run_baseline,
         run_model,
         score,
+        scorecard,
+        scorecard_reference,
+        scorecard_table,
         skill_table,
         spaced_inits,
         standard_baselines,
     )
+    from weather.evaluation_plots import metric_vs_lead, scorecard_figure
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     known = {"model", "persistence", "climatology", "physics", "perfect"}
@@ -478,8 +484,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         lead_hours=lead_hours,
         members=args.members,
         seed=args.seed,
-        sampler_steps=args.sampler_steps,
+        sampler=args.sampler,
     )
+    if args.sampler:
+        from weather.model.sampler import SamplerConfig
+
+        _parsed_sampler(args.sampler, SamplerConfig())  # fail now, not after the baselines
+    try:
+        check_settings(config, args.checkpoint)
+    except ValueError as error:
+        raise SystemExit(f"weather: error: {error}") from None
     archive = open_archive(args.archive)
     history = history_hours_needed(names, args.members, method=args.physics_method)
     inits = spaced_inits(
@@ -494,7 +508,23 @@ def _evaluate(args: argparse.Namespace) -> int:
         else:
             run_baseline(config, name, baselines[name], archive, inits, progress=say)
     scores = score(config, names, archive, inits)
+    print(f"fair CRPS (variable's units), {len(inits)} inits, {args.members} members\n")
     print(skill_table(scores))
+    print("\nspread/skill (1 is calibrated; - for single forecasts)\n")
+    print(skill_table(scores, "spread_skill"))
+    figures = [
+        metric_vs_lead(scores, args.out_dir / f"{m}.png", metric=m)
+        for m in ("crps", "spread_skill")
+    ]
+    if "model" in names and len(names) > 1:
+        reference, sentence = scorecard_reference(scores)
+        card = scorecard(scores, reference=reference)
+        figure = scorecard_figure(card, args.out_dir / "scorecard.png")
+        print(f"\n{sentence}, CRPS difference in % (negative: the model is better)\n")
+        print(scorecard_table(card))
+        print(f"\ngoals\n\n{goals_report(scores)}")
+        figures.append(figure)
+    print(f"\nfigures: {', '.join(str(f) for f in figures)}")
     print(f"\nscores: {args.out_dir / 'scores.nc'}")
     return 0
 

@@ -22,6 +22,7 @@ error (WeatherBench 2's convention for deterministic forecasts).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,14 +65,15 @@ class EvaluationConfig:
       lead_hours: forecast length (hours, multiple of 12).
       members: ensemble size of the model and the ensemble baselines.
       seed: seed of every forecaster.
-      sampler_steps: the model's sampler noise levels (None: the checkpoint's own).
+      sampler: the model's sampler as `parse_sampler` text applied to the checkpoint's own
+        (``"2s:20"``, ``"2s:5,spread_scale=0.6"``; None: the checkpoint's own).
     """
 
     out_dir: Path
     lead_hours: int = 360
     members: int = 8
     seed: int = 0
-    sampler_steps: int | None = None
+    sampler: str | None = None
 
     @property
     def leads(self) -> np.ndarray:
@@ -129,6 +131,42 @@ def spaced_inits(
     return inits.astype("datetime64[ns]")
 
 
+def check_settings(config: EvaluationConfig, checkpoint: str | Path) -> None:
+    """Record what the forecasts under ``out_dir`` were made with; refuse to mix settings.
+
+    A rerun resumes by init time, so a rerun with another sampler, ensemble size, seed, lead or
+    checkpoint would silently join forecasts made two ways. The first run writes
+    ``out_dir/settings.json``; later runs must match it (use another ``out_dir`` otherwise).
+
+    Raises:
+      ValueError: naming each setting that differs from the recorded one.
+    """
+    path = Path(checkpoint)
+    wanted = {
+        "lead_hours": config.lead_hours,
+        "members": config.members,
+        "seed": config.seed,
+        "sampler": config.sampler,
+        "checkpoint": path.name,
+        "checkpoint_bytes": path.stat().st_size if path.exists() else None,
+    }
+    record = config.out_dir / "settings.json"
+    if record.exists():
+        have = json.loads(record.read_text())
+        differ = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        if differ:
+            text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differ.items())
+            raise ValueError(
+                f"out_dir: {config.out_dir} holds forecasts made with other settings ({text}); "
+                "use another out_dir or the recorded settings"
+            )
+        return
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(wanted, indent=1) + "\n")
+    tmp.replace(record)
+
+
 def _init_name(init: np.datetime64) -> str:
     return np.datetime_as_string(init, unit="h").replace(":", "")
 
@@ -151,15 +189,14 @@ def run_model(
     progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Forecast every init with the checkpoint's model (one compiled rollout reused for all)."""
-    from dataclasses import replace
-
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
+    from weather.model.sampler import parse_sampler
 
     model = load_forecaster(checkpoint)
     sampler = model.forecaster.config.sampler
-    if config.sampler_steps:
-        sampler = replace(sampler, num_steps=config.sampler_steps)
+    if config.sampler:
+        sampler = parse_sampler(config.sampler, sampler)
     roller = Roller(model.forecaster, RolloutConfig(sampler=sampler))
     stores = []
     for i, init in enumerate(inits):
@@ -404,6 +441,126 @@ def scorecard_table(card: xr.Dataset) -> str:
         cells = [float(field.sel(lead_time=np.timedelta64(h, "h"))) for h in columns]
         text = [f"{c:+.1f}" if np.isfinite(c) else "-" for c in cells]
         lines.append(f"| {target_label(name, level)} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
+def _headline_fields(scores: xr.Dataset, metric: str) -> list[tuple[str, xr.DataArray]]:
+    """``(label, field[model, lead_time])`` of every headline target the scores hold."""
+    fields = []
+    for name, level in HEADLINE:
+        if name not in scores or (level is not None and level not in scores[name]["level"]):
+            continue
+        field = scores[name].sel(metric=metric)
+        fields.append(
+            (target_label(name, level), field if level is None else field.sel(level=level))
+        )
+    return fields
+
+
+def _hours_label(hours: int) -> str:
+    return _lead_label(hours) if hours < 24 or hours % 24 == 0 else f"{hours} h"
+
+
+def _leads_text(hours: Sequence[int], step: int = 12) -> str:
+    """Leads as runs: ``[12, 24, 36, 72]`` -> ``"12 h to 36 h, 3 d"``."""
+    runs: list[list[int]] = []
+    for h in hours:
+        if runs and h - runs[-1][-1] == step:
+            runs[-1].append(h)
+        else:
+            runs.append([h])
+    return ", ".join(
+        _hours_label(r[0]) if len(r) == 1 else f"{_hours_label(r[0])} to {_hours_label(r[-1])}"
+        for r in runs
+    )
+
+
+def goals_report(
+    scores: xr.Dataset,
+    model: str = "model",
+    *,
+    calibrated: tuple[float, float] = (0.8, 1.2),
+    calibrated_after_hours: int = 24,
+) -> str:
+    """The evaluation's goals, measured: a Markdown list, one line per goal.
+
+    - ``model``'s CRPS below climatology and below persistence at every lead, for z500 and t850
+      (the leads where it is not are named);
+    - its spread/skill within ``calibrated`` beyond ``calibrated_after_hours``, per headline
+      target (the range it spans);
+    - the share of all scored (variable, level, lead) targets where it beats the physics
+      ensemble (GenCast beat ECMWF's ENS on 97 %);
+    - its CRPS over the perfect-model ensemble's, per headline target at the table's leads
+      (1 is the bound; the excess is the distance to it).
+
+    Forecasters missing from the scores are skipped with a line that says so.
+    """
+    names = [str(m) for m in scores["model"].values]
+    if model not in names:
+        raise ValueError(f"model: {model!r} is not in the scores (models: {names})")
+    lines: list[str] = []
+    crps = dict(_headline_fields(scores, "crps"))
+    hours = (scores["lead_time"].values // np.timedelta64(1, "h")).astype(int)
+    for baseline in ("climatology", "persistence"):
+        if baseline not in names:
+            lines.append(f"- below {baseline}: not scored ({baseline} was not run)")
+            continue
+        for label in ("z500", "t850"):
+            if label not in crps:
+                continue
+            mine = crps[label].sel(model=model).values
+            theirs = crps[label].sel(model=baseline).values
+            worse = [int(h) for h, a, b in zip(hours, mine, theirs, strict=True) if not a < b]
+            verdict = "at every lead" if not worse else f"not at {_leads_text(worse)}"
+            lines.append(
+                f"- {label} CRPS below {baseline}: {'yes' if not worse else 'no'}, {verdict} "
+                f"({len(hours) - len(worse)} of {len(hours)} leads, 12 h to {hours[-1] // 24} d)"
+            )
+    lo, hi = calibrated
+    late = hours > calibrated_after_hours
+    for label, field in _headline_fields(scores, "spread_skill"):
+        values = field.sel(model=model).values[late]
+        if not np.isfinite(values).any():
+            lines.append(
+                f"- {label} spread/skill beyond {_lead_label(calibrated_after_hours)}: no such "
+                "leads scored"
+            )
+            continue
+        inside = int(np.sum((values >= lo) & (values <= hi)))
+        lines.append(
+            f"- {label} spread/skill beyond {_lead_label(calibrated_after_hours)}: "
+            f"{np.nanmin(values):.2f} to {np.nanmax(values):.2f}, within [{lo}, {hi}] at "
+            f"{inside} of {values.size} leads"
+        )
+    if "physics" in names:
+        chosen = scores.sel(metric="crps")
+        wins = total = 0
+        for var in chosen.data_vars.values():
+            mine, ref = var.sel(model=model).values, var.sel(model="physics").values
+            ok = np.isfinite(mine) & np.isfinite(ref)
+            wins += int(np.sum(mine[ok] < ref[ok]))
+            total += int(ok.sum())
+        share = 100.0 * wins / max(total, 1)
+        lines.append(
+            f"- physics ensemble beaten on {wins} of {total} (variable, level, lead) targets "
+            f"({share:.0f} %; GenCast against ENS: 97 %)"
+        )
+    else:
+        lines.append("- against the physics ensemble: not scored (physics was not run)")
+    if "perfect" in names:
+        columns = [h for h in TABLE_LEADS_HOURS if h in set(hours.tolist())]
+        for label, field in crps.items():
+            ratio = [
+                float(field.sel(model=model, lead_time=np.timedelta64(h, "h")))
+                / float(field.sel(model="perfect", lead_time=np.timedelta64(h, "h")))
+                for h in columns
+            ]
+            cells = ", ".join(
+                f"{_lead_label(h)} {r:.2f}" for h, r in zip(columns, ratio, strict=True)
+            )
+            lines.append(f"- {label} CRPS over the perfect-model bound: {cells}")
+    else:
+        lines.append("- perfect-model bound: not scored (perfect was not run)")
     return "\n".join(lines)
 
 
