@@ -331,13 +331,7 @@ def skill_table(scores: xr.Dataset, metric: str = "crps") -> str:
     columns = [h for h in TABLE_LEADS_HOURS if np.timedelta64(h, "h") in leads]
     head = "| target | model | " + " | ".join(_lead_label(h) for h in columns) + " |"
     lines = [head, "|" + " --- |" * (len(columns) + 2)]
-    for name, level in HEADLINE:
-        if name not in scores:
-            continue
-        field = scores[name].sel(metric=metric)
-        if level is not None:
-            field = field.sel(level=level)
-        label = target_label(name, level)
+    for label, field in _headline_fields(scores, metric):
         for model in scores["model"].values:
             row = field.sel(model=model)
             cells = [_fmt(float(row.sel(lead_time=np.timedelta64(h, "h")))) for h in columns]
@@ -491,7 +485,7 @@ def goals_report(
     - the share of all scored (variable, level, lead) targets where it beats the physics
       ensemble (GenCast beat ECMWF's ENS on 97 %);
     - its CRPS over the perfect-model ensemble's, per headline target at the table's leads
-      (1 is the bound; the excess is the distance to it).
+      (1: as good as the bound; the excess over 1 is the distance to it).
 
     Forecasters missing from the scores are skipped with a line that says so.
     """
