@@ -39,38 +39,6 @@ def calls_per_step(sampler: Any) -> int:
     return 2 * sampler.num_steps - 1 if sampler.solver == "2s" else sampler.num_steps
 
 
-def score_one(forecast: Any, truth: Any, targets: list[tuple[str, int | None]]) -> dict[str, Any]:
-    """Per target: [lead] fair CRPS, ensemble-mean MSE and mean ensemble variance of one init."""
-    from weather.scoring.metrics import align_truth, crps, ensemble_mean_rmse, spread_skill_ratio
-
-    out: dict[str, Any] = {}
-    members = forecast.sizes["member"]
-    for name, level in targets:
-        f = forecast[name] if level is None else forecast[name].sel(level=level)
-        t = align_truth(f, truth[name] if level is None else truth[name].sel(level=level))
-        c = crps(f, t).values
-        rmse = ensemble_mean_rmse(f, t).values
-        ratio = spread_skill_ratio(f, t).values
-        variance = (ratio * rmse) ** 2 * members / (members + 1)
-        out[target_label(name, level)] = {
-            "crps": c.tolist(),
-            "mse": (rmse**2).tolist(),
-            "variance": variance.tolist(),
-        }
-    return out
-
-
-def target_label(name: str, level: int | None) -> str:
-    short = {
-        "geopotential": "z",
-        "temperature": "t",
-        "u_component_of_wind": "u",
-        "v_component_of_wind": "v",
-        "surface_pressure": "sp",
-    }.get(name, name)
-    return short if level is None else f"{short}{level}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped one")
@@ -91,7 +59,7 @@ def main() -> None:
 
     from weather.cli import DEFAULT_CHECKPOINT
     from weather.data.reader import open_archive
-    from weather.evaluate import HEADLINE, spaced_inits
+    from weather.evaluate import HEADLINE, ensemble_scores, spaced_inits
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
     from weather.model.sampler import parse_sampler
@@ -149,7 +117,7 @@ def main() -> None:
                 "lead_steps": steps,
                 "seconds": seconds,
                 "compiled": first,
-                "scores": score_one(ens, archive, targets),
+                "scores": ensemble_scores(ens, archive, targets),
             }
             with done_file.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -5,6 +5,8 @@
 #   scripts/train_checkpoint.sh bakeoff    # both architectures side by side, one core each
 #   scripts/train_checkpoint.sh train      # the shipped model (U-Net) on both cores (resumable)
 #   scripts/train_checkpoint.sh ship       # export the inference-only checkpoint
+#   scripts/train_checkpoint.sh long       # issue 13: train on from the shipped model (one core)
+#   scripts/train_checkpoint.sh lever NAME ARGS...   # the same with a lever, e.g. --input-noise 0.02
 #
 # The bake-off runs the two candidates at the same time, each pinned to one core with XLA
 # single-threaded, so they see the same machine: their losses at equal wall-clock time are the
@@ -18,6 +20,8 @@ WEATHER=.venv/bin/weather
 SINGLE="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 BAKEOFF_MINUTES=${BAKEOFF_MINUTES:-8}
 TRAIN_MINUTES=${TRAIN_MINUTES:-45}
+LONG_MINUTES=${LONG_MINUTES:-600}
+CORE=${CORE:-1}
 
 common=(--batch-size 8 --lr 1e-3 --warmup 300 --ema-decay 0.999 --validate-every 250
         --checkpoint-every 250 --quiet)
@@ -55,8 +59,24 @@ case "${1:-}" in
     mkdir -p docs
     cp data/runs/shipped/loss.png docs/loss.png
     ;;
+  long|lever)
+    # Warm start from the shipped model (2000 steps) with an open-ended schedule: the peak
+    # learning rate until 2000 steps, then peak / sqrt(step / 2000), so that the run can stop
+    # at any moment (it resumes exactly: run the same command again) with a sensible rate
+    # behind it. One core, single-threaded, so that a second run or other work has the other.
+    # EMA snapshots every 1000 steps feed benchmarks/learning_curve.py.
+    name=long
+    extra=()
+    if [ "$1" = lever ]; then name=$2; extra=("${@:3}"); fi
+    mkdir -p data/runs
+    XLA_FLAGS="$SINGLE" taskset -c "$CORE" $WEATHER train --run-dir "data/runs/$name" \
+      --init-from weather/assets/checkpoint.msgpack --steps 200000 --batch-size 8 --lr 5e-4 \
+      --warmup 300 --schedule rsqrt --rsqrt-ref 2000 --ema-decay 0.999 --validate-every 500 \
+      --checkpoint-every 250 --snapshot-every 1000 --quiet --max-minutes "$LONG_MINUTES" \
+      "${extra[@]}" >> "data/runs/$name.log" 2>&1
+    ;;
   *)
-    sed -n 2,13p "$0"
+    sed -n 2,15p "$0"
     exit 2
     ;;
 esac

@@ -125,6 +125,27 @@ def test_loss_of_the_bayes_optimal_denoiser_is_exactly_one_in_expectation(traini
     assert abs(float(loss) - 1.0) < 5 * se
 
 
+def test_loss_at_a_fixed_sigma_is_the_band_loss_by_hand():
+    """edm_loss(sigma=s) = mean(lambda(s) w (D(y + s n; s) - y)^2) with n drawn as for training."""
+    config = edm.EDMConfig()
+    rng = np.random.default_rng(11)
+    target = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+    weights = jnp.asarray([0.5, 1.5, 0.8, 1.2, 1.0], jnp.float32)
+    raw_fn = _random_net(4, 5)
+    key = jax.random.key(5)
+    for sigma in (0.05, 1.0, 25.0):
+        loss, aux = edm.edm_loss(
+            raw_fn, key, target, weights, config, jax.random.normal, sigma=sigma
+        )
+        n = jax.random.normal(jax.random.split(key)[1], target.shape)
+        denoised = edm.denoise(raw_fn, target + sigma * n, jnp.full((3,), sigma))
+        by_hand = np.mean(
+            np.asarray(edm.loss_weight(sigma)) * np.asarray(weights) * (denoised - target) ** 2
+        )
+        np.testing.assert_allclose(float(loss), by_hand, rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(aux["sigma"]), np.float32(sigma))
+
+
 def test_loss_trains_a_network_under_jit_with_spherical_noise():
     lat, lon = grid.equiangular_grid(32, 64)
     noise_fn = noise.make_noise_fn("spherical", lat, lon)

@@ -53,6 +53,119 @@ def test_validation_loss_falls(tmp_path, archive, statistics):
     assert (tmp_path / "loss.png").exists()
 
 
+def test_history_reports_the_validation_loss_per_noise_band(tmp_path, archive, statistics):
+    from weather.model.train import band_label
+
+    path = _train(tmp_path, archive, statistics, steps=3)
+    entry = load_checkpoint(path)["metadata"]["history"][-1]
+    bands = [entry[band_label(s)] for s in TrainConfig().validation_sigmas]
+    assert all(np.isfinite(bands)) and all(b > 0 for b in bands)
+    # The bands are losses at fixed levels of the same windows and noise, so they differ; the
+    # untrained network's D is about c_skip x, whose weighted loss is largest where the data's
+    # detail must be recovered (low sigma) relative to the EDM weight's unit scale.
+    assert len(set(bands)) == len(bands)
+
+
+def test_warm_start_begins_at_the_given_parameters_and_snapshots_its_ema(
+    tmp_path, archive, statistics
+):
+    """A warm start trains on from the source's EMA parameters (step 0 = the source), and keeps
+    inference-only snapshots that `load_forecaster` reads."""
+    source = load_checkpoint(_train(tmp_path / "a", archive, statistics, steps=3))
+    config = TrainConfig(
+        steps=2,
+        batch_size=2,
+        peak_learning_rate=0.0,  # no update: the EMA must stay exactly the source's
+        warmup_steps=0,
+        log_every=1,
+        validate_every=1,
+        validation_batches=1,
+        snapshot_every=1,
+        prefetch=0,
+    )
+    path = train(
+        run_dir=tmp_path / "b",
+        model_config=tiny_model_config(),
+        train_config=config,
+        train_data=archive,
+        train_period=PERIOD,
+        statistics=statistics,
+        progress=False,
+        init_params=source["params"],
+    )
+    warm = load_checkpoint(path)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(source["params"]),
+        jax.tree_util.tree_leaves(warm["params"]),
+        strict=True,
+    ):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+    snaps = sorted((tmp_path / "b" / "snapshots").glob("step_*.msgpack"))
+    assert [s.name for s in snaps] == ["step_0000001.msgpack", "step_0000002.msgpack"]
+    loaded = load_forecaster(snaps[-1])
+    assert load_checkpoint(snaps[-1])["metadata"]["step"] == 2
+    for a, b in zip(
+        jax.tree_util.tree_leaves(loaded.params),
+        jax.tree_util.tree_leaves(warm["params"]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    bad = {**source["params"]}
+    first = next(iter(bad["params"]))
+    bad["params"] = {**bad["params"], first: {"oops": np.zeros(3, np.float32)}}
+    with pytest.raises(ValueError):
+        train(
+            run_dir=tmp_path / "c",
+            model_config=tiny_model_config(),
+            train_config=config,
+            train_data=archive,
+            train_period=PERIOD,
+            statistics=statistics,
+            progress=False,
+            init_params=bad,
+        )
+
+
+def test_the_rsqrt_schedule_warms_up_holds_then_decays_as_one_over_sqrt():
+    config = TrainConfig(
+        steps=100_000,
+        peak_learning_rate=1e-3,
+        warmup_steps=100,
+        schedule="rsqrt",
+        rsqrt_ref_steps=1000,
+    )
+    lr = config.learning_rate()
+    expected = {0: 0.0, 50: 5e-4, 100: 1e-3, 1000: 1e-3, 4000: 5e-4, 16000: 2.5e-4}
+    for step, want in expected.items():
+        np.testing.assert_allclose(float(lr(step)), want, rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="input_noise"):
+        TrainConfig(input_noise=-0.1)
+
+
+def test_input_noise_perturbs_each_channel_by_its_std(archive, statistics):
+    """perturb_inputs adds independent unit-variance noise times scale x std to both states."""
+    import jax.numpy as jnp
+
+    from weather.model.denoiser import Forecaster
+    from weather.model.task import Normalization
+
+    model = tiny_model_config()
+    norm = Normalization.from_statistics(model.task, statistics)
+    lat, lon = archive["latitude"].values, archive["longitude"].values
+    forecaster = Forecaster(model, norm, lat, lon)
+    shape = (64, *forecaster.shape)
+    zeros = jnp.zeros(shape, jnp.float32)
+    prev, cur = forecaster.perturb_inputs(jax.random.key(0), zeros, zeros, 0.1)
+    for x in (prev, cur):
+        ratio = np.asarray(x).reshape(-1, shape[-1]).std(axis=0) / (0.1 * norm.std)
+        # 64 x H x W draws per channel of unit-variance noise: the sample std is within a few
+        # per cent of 1 (spherical noise is correlated only within one field).
+        np.testing.assert_allclose(ratio, 1.0, rtol=0.1)
+    assert float(jnp.abs(prev - cur).max()) > 0
+
+
 def test_resumed_training_equals_uninterrupted(tmp_path, archive, statistics):
     straight = load_checkpoint(_train(tmp_path / "a", archive, statistics, steps=6))
     _train(tmp_path / "b", archive, statistics, steps=6, stop_after=3)

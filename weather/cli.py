@@ -221,20 +221,52 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=Path,
         help="normalisation statistics (default: computed over the training period)",
     )
-    p.add_argument("--arch", choices=["transformer", "unet"], default="transformer")
-    p.add_argument("--d-model", type=int, default=256, help="transformer width")
-    p.add_argument("--layers", type=int, default=8, help="transformer blocks")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--patch", type=int, default=2, help="transformer patch size")
     p.add_argument(
-        "--unet-channels", default="64,128,256", help="U-Net widths per level, finest first"
+        "--init-from",
+        type=Path,
+        help="warm start: begin a new run from this checkpoint's (EMA) parameters, with its "
+        "architecture, task and normalisation (the architecture options must then be left out); "
+        "the optimiser starts afresh",
+    )
+    p.add_argument("--arch", choices=["transformer", "unet"], help="backbone (default transformer)")
+    p.add_argument("--d-model", type=int, help="transformer width (default 256)")
+    p.add_argument("--layers", type=int, help="transformer blocks (default 8)")
+    p.add_argument("--heads", type=int, help="transformer heads (default 8)")
+    p.add_argument("--patch", type=int, help="transformer patch size (default 2)")
+    p.add_argument(
+        "--unet-channels", help="U-Net widths per level, finest first (default 64,128,256)"
     )
     p.add_argument("--levels", help="comma-separated model levels (default: all archive levels)")
     p.add_argument("--noise", choices=["spherical", "iid"], default="spherical")
+    p.add_argument(
+        "--training-noise",
+        choices=["rho", "lognormal"],
+        help="distribution of training noise levels (default: GenCast's rho, or the source's)",
+    )
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=500)
+    p.add_argument(
+        "--schedule",
+        choices=["cosine", "rsqrt"],
+        default="cosine",
+        help="learning-rate decay after the warm-up: cosine to --steps, or rsqrt (peak until "
+        "--rsqrt-ref steps, then peak / sqrt(step / ref): for runs stopped at any step)",
+    )
+    p.add_argument("--rsqrt-ref", type=int, default=2000, help="where the rsqrt decay starts")
+    p.add_argument(
+        "--input-noise",
+        type=float,
+        default=0.0,
+        help="noise on both input states during training, in per-channel stds (default 0)",
+    )
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        help="keep the EMA parameters every N steps in RUN/snapshots/ (learning curve)",
+    )
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=250)
@@ -255,13 +287,49 @@ def _period(text: str | None, ds: Any) -> tuple[Any, Any]:
     return ds["time"].values[0], ds["time"].values[-1]
 
 
+def _warm_start_metadata(path: Path, source: dict[str, Any]) -> dict[str, Any]:
+    """Where a warm start began: its source, and the steps and seconds the source had trained."""
+    meta = source["metadata"]
+    step = meta.get("exported_from_step", meta.get("step", 0))
+    if "train" in source:
+        step = int(source["train"]["step"])
+    return {
+        "warm_start": str(path),
+        "warm_start_step": int(step) + int(meta.get("warm_start_step", 0)),
+        "warm_start_seconds": float(meta.get("train_seconds", 0.0))
+        + float(meta.get("warm_start_seconds", 0.0)),
+    }
+
+
+_ARCH_OPTIONS = ("arch", "d_model", "layers", "heads", "patch", "unet_channels", "levels")
+
+
 def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from weather.data.reader import load_in_place, open_archive, open_archives
     from weather.data.statistics import compute_statistics, load_statistics, save_statistics
     from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
+    from weather.model.checkpoint import load_checkpoint
     from weather.model.denoiser import ModelConfig
-    from weather.model.task import TaskConfig
+    from weather.model.task import Normalization, TaskConfig
     from weather.model.train import TrainConfig, train
+
+    source = None
+    if args.init_from is not None:
+        given = [f"--{n.replace('_', '-')}" for n in _ARCH_OPTIONS if getattr(args, n) is not None]
+        if given:
+            print(
+                f"error: --init-from takes the architecture of {args.init_from}; leave out "
+                f"{', '.join(given)}",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            source = load_checkpoint(args.init_from)
+        except ValueError as error:
+            print(f"error: --init-from: {error}", file=sys.stderr)
+            return 2
 
     # Streaming reads random windows: dask chunks must be the store's own (one time each), as
     # "auto" chunks of ~1260 times make every batch of 8 windows read most of the archive
@@ -270,15 +338,19 @@ def _train(args: argparse.Namespace) -> int:
     train_period = _period(args.train_period, train_ds)
     val_ds = open_archive(args.val_archive) if args.val_archive.exists() else None
     val_period = _period(args.val_period, val_ds) if val_ds is not None else None
-    levels = (
-        tuple(int(x) for x in args.levels.split(","))
-        if args.levels
-        else tuple(int(x) for x in train_ds["level"].values)
-    )
-    task = TaskConfig(levels=levels)
+    if source is not None:
+        source_model = ModelConfig.from_dict(source["configs"]["model"])
+        task = source_model.task
+    else:
+        levels = (
+            tuple(int(x) for x in args.levels.split(","))
+            if args.levels
+            else tuple(int(x) for x in train_ds["level"].values)
+        )
+        task = TaskConfig(levels=levels)
     if not args.stream:
         names = [*task.level_variables, *task.surface_variables, *task.static_variables]
-        subset = train_ds[names].sel(level=list(levels))
+        subset = train_ds[names].sel(level=list(task.levels))
         print(f"loading the training fields ({subset.nbytes / 1e9:.1f} GB) into memory")
         train_ds = load_in_place(subset)
     sources = ",".join(str(p) for p in args.train_archive)
@@ -297,30 +369,47 @@ def _train(args: argparse.Namespace) -> int:
             source=sources,
         )
         save_statistics(stats, stats_path)
-    if args.arch == "transformer":
-        backbone: Any = SphereTransformerConfig(
-            patch_size=args.patch,
-            d_model=args.d_model,
-            num_layers=args.layers,
-            num_heads=args.heads,
-            compute_dtype=args.compute_dtype,
-        )
+    if source is not None:
+        model_config = source_model
+        if args.training_noise:
+            edm = dataclasses.replace(model_config.edm, training_noise=args.training_noise)
+            model_config = dataclasses.replace(model_config, edm=edm)
     else:
-        backbone = SphereUNetConfig(
-            channels=tuple(int(c) for c in args.unet_channels.split(",")),
-            compute_dtype=args.compute_dtype,
+        if (args.arch or "transformer") == "transformer":
+            backbone: Any = SphereTransformerConfig(
+                patch_size=args.patch or 2,
+                d_model=args.d_model or 256,
+                num_layers=args.layers or 8,
+                num_heads=args.heads or 8,
+                compute_dtype=args.compute_dtype,
+            )
+        else:
+            backbone = SphereUNetConfig(
+                channels=tuple(int(c) for c in (args.unet_channels or "64,128,256").split(",")),
+                compute_dtype=args.compute_dtype,
+            )
+        model_config = ModelConfig(task=task, backbone=backbone, noise=args.noise)
+        if args.training_noise:
+            edm = dataclasses.replace(model_config.edm, training_noise=args.training_noise)
+            model_config = dataclasses.replace(model_config, edm=edm)
+    try:
+        train_config = TrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            peak_learning_rate=args.lr,
+            warmup_steps=min(args.warmup, args.steps // 10),
+            schedule=args.schedule,
+            rsqrt_ref_steps=args.rsqrt_ref,
+            ema_decay=args.ema_decay,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            validate_every=args.validate_every,
+            input_noise=args.input_noise,
+            snapshot_every=args.snapshot_every,
         )
-    model_config = ModelConfig(task=task, backbone=backbone, noise=args.noise)
-    train_config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        peak_learning_rate=args.lr,
-        warmup_steps=min(args.warmup, args.steps // 10),
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-        validate_every=args.validate_every,
-    )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     path = train(
         run_dir=args.run_dir,
         model_config=model_config,
@@ -332,10 +421,13 @@ def _train(args: argparse.Namespace) -> int:
         validation_period=val_period,
         progress=not args.quiet,
         stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        init_params=None if source is None else source["params"],
+        normalization=None if source is None else Normalization.from_dict(source["normalization"]),
         metadata={
             "train_archive": sources,
             "train_period": [str(x) for x in train_period],
             "val_archive": str(args.val_archive),
+            **(_warm_start_metadata(args.init_from, source) if source is not None else {}),
         },
     )
     print(f"checkpoint: {path}")

@@ -595,6 +595,39 @@ def target_label(name: str, level: int | None) -> str:
     return f"{_SHORT.get(name, name)}{level if level is not None else ''}"
 
 
+def ensemble_scores(
+    forecast: xr.Dataset, truth: xr.Dataset, targets: Sequence[tuple[str, int | None]]
+) -> dict[str, dict[str, list[float]]]:
+    """Per target label, per lead of one forecast (one init): fair CRPS, ensemble-mean MSE and
+    mean ensemble variance (area-weighted means; the variance with the (M+1)/M correction undone,
+    so that averaging MSE and variance over inits before the ratio gives spread/skill).
+    """
+    from weather.scoring.metrics import align_truth, crps, ensemble_mean_rmse, spread_skill_ratio
+
+    out: dict[str, dict[str, list[float]]] = {}
+    members = forecast.sizes["member"]
+    for name, level in targets:
+        f = forecast[name] if level is None else forecast[name].sel(level=level)
+        t = align_truth(f, truth[name] if level is None else truth[name].sel(level=level))
+        c = np.asarray(crps(f, t).values).reshape(-1)
+        rmse = np.asarray(ensemble_mean_rmse(f, t).values).reshape(-1)
+        ratio = np.asarray(spread_skill_ratio(f, t).values).reshape(-1)
+        variance = (ratio * rmse) ** 2 * members / (members + 1)
+        out[target_label(name, level)] = {
+            "crps": c.tolist(),
+            "mse": (rmse**2).tolist(),
+            "variance": variance.tolist(),
+        }
+    return out
+
+
+def pooled_spread_skill(
+    mse: np.ndarray, variance: np.ndarray, members: int, axis: int = 0
+) -> np.ndarray:
+    """Spread/skill from per-init MSE and variance: ``sqrt((M+1)/M mean(var) / mean(mse))``."""
+    return np.sqrt((members + 1) / members * np.mean(variance, axis=axis) / np.mean(mse, axis=axis))
+
+
 def _fmt(value: float) -> str:
     if not np.isfinite(value):
         return "-"

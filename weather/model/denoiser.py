@@ -210,14 +210,35 @@ class Forecaster:
         target: jnp.ndarray,
         forcings: jnp.ndarray,
         static: jnp.ndarray,
+        sigma: jnp.ndarray | float | None = None,
     ) -> jnp.ndarray:
-        """EDM loss of one batch (scalar), area- and level-weighted (mean weight 1)."""
+        """EDM loss of one batch (scalar), area- and level-weighted (mean weight 1).
+
+        ``sigma``: a fixed noise level (scalar or ``[B]``) instead of training's drawn ones.
+        """
         cond = self.conditioning(previous, current, forcings, static)
         y = self.residual_target(current, target)
         loss, _ = edm_lib.edm_loss(
-            self._raw_fn(params, cond), key, y, self.weights, self.config.edm, self.noise_fn
+            self._raw_fn(params, cond), key, y, self.weights, self.config.edm, self.noise_fn, sigma
         )
         return loss
+
+    def perturb_inputs(
+        self, key: jax.Array, previous: jnp.ndarray, current: jnp.ndarray, scale: float
+    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """The two input states plus isotropic noise of ``scale`` per-channel stds ``[B, H, W, C]``.
+
+        Training with noisy inputs (a lever against autoregressive drift: the rolled-out model
+        sees states that are never exactly on the training data's attractor) perturbs both
+        states with independent draws of the backbone's own noise (spherical by default), in
+        units of each channel's climatological std, so that every variable is disturbed alike.
+        """
+        k_prev, k_cur = jax.random.split(key)
+        std = self._std * scale
+        return (
+            previous + std * self.noise_fn(k_prev, previous.shape),
+            current + std * self.noise_fn(k_cur, current.shape),
+        )
 
     def sample_step(
         self,

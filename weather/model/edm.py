@@ -150,10 +150,12 @@ def edm_loss(
     weights: jax.Array | float,
     config: EDMConfig,
     noise_fn: NoiseFn,
+    sigma: jax.Array | float | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The EDM denoising loss ``mean(lambda(sigma) w (D(y + sigma n; sigma) - y)^2)``.
 
-    One ``sigma`` per batch element from ``config.training_noise``; ``n = noise_fn(key, y.shape)``.
+    One ``sigma`` per batch element from ``config.training_noise`` (or the given ``sigma``);
+    ``n = noise_fn(key, y.shape)``.
 
     Args:
       raw_fn: the network ``F_theta`` (see :data:`RawFn`).
@@ -164,13 +166,18 @@ def edm_loss(
         weighted mean.
       config: the EDM configuration.
       noise_fn: unit noise of a given shape (:data:`weather.model.noise.NoiseFn`).
+      sigma: a fixed noise level (scalar or ``[batch]``) instead of drawn ones: the loss of one
+        noise-level band, as the learning curve reports it. The key still splits the same way,
+        so the noise ``n`` is the same as with drawn levels.
 
     Returns:
       ``(loss, aux)``: the scalar loss (float32) and ``{"sigma": [batch], "loss_per_example":
       [batch]}``, so that ``jax.value_and_grad(..., has_aux=True)`` works directly.
     """
     key_sigma, key_noise = jax.random.split(key)
-    sigma = sample_training_sigma(key_sigma, target.shape[:1], config).astype(target.dtype)
+    if sigma is None:
+        sigma = sample_training_sigma(key_sigma, target.shape[:1], config)
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, target.dtype), target.shape[:1])
     noise = noise_fn(key_noise, target.shape).astype(target.dtype)
     x_noisy = target + _expand(sigma, target.ndim) * noise
     denoised = denoise(raw_fn, x_noisy, sigma, config.sigma_data)

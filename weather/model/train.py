@@ -41,6 +41,11 @@ class TrainConfig:
       batch_size: training windows per step.
       peak_learning_rate: AdamW's learning rate after warm-up.
       warmup_steps: linear warm-up from 0.
+      schedule: after the warm-up, ``"cosine"`` decays to ``final_learning_rate_fraction`` of
+        the peak at `steps`; ``"rsqrt"`` (EDM2's, Karras et al. 2024) holds the peak until
+        `rsqrt_ref_steps` and then decays as ``peak / sqrt(step / rsqrt_ref_steps)``, so a run
+        of open-ended length can stop at any step with a sensible learning rate behind it.
+      rsqrt_ref_steps: where the ``"rsqrt"`` decay starts.
       final_learning_rate_fraction: cosine decay ends at this fraction of the peak.
       weight_decay: AdamW's decoupled weight decay.
       b1, b2: Adam's moment decays.
@@ -50,6 +55,13 @@ class TrainConfig:
       seed: parameter initialisation, data order and noise draws.
       checkpoint_every, log_every, validate_every: in steps.
       validation_batches: fixed validation batches (same windows and noise every time).
+      validation_sigmas: noise levels ``sigma`` at which the validation loss is also reported
+        band by band (fixed levels, same windows and noise), the learning curve's bands: low
+        levels fix fine detail and the sample's spread, high ones the conditional mean.
+      input_noise: std of the isotropic noise added to both input states during training, in
+        units of each channel's climatological std (0: none); a lever against drift.
+      snapshot_every: keep an inference-only copy of the EMA parameters every this many steps
+        in ``<run>/snapshots/step_NNNNNNN.msgpack`` (0: none), for the learning curve.
       prefetch: training batches loaded ahead in a background thread.
     """
 
@@ -57,6 +69,8 @@ class TrainConfig:
     batch_size: int = 4
     peak_learning_rate: float = 1e-3
     warmup_steps: int = 500
+    schedule: str = "cosine"
+    rsqrt_ref_steps: int = 2000
     final_learning_rate_fraction: float = 0.01
     weight_decay: float = 0.1
     b1: float = 0.9
@@ -68,12 +82,33 @@ class TrainConfig:
     log_every: int = 50
     validate_every: int = 500
     validation_batches: int = 8
+    validation_sigmas: tuple[float, ...] = (0.05, 0.25, 1.0, 5.0, 25.0)
+    input_noise: float = 0.0
+    snapshot_every: int = 0
     prefetch: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "validate_every"):
+        object.__setattr__(self, "validation_sigmas", tuple(self.validation_sigmas))
+        for name in (
+            "steps",
+            "batch_size",
+            "checkpoint_every",
+            "log_every",
+            "validate_every",
+            "rsqrt_ref_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.schedule not in ("cosine", "rsqrt"):
+            raise ValueError(f"schedule: must be 'cosine' or 'rsqrt', got {self.schedule!r}")
+        if not (np.isfinite(self.input_noise) and self.input_noise >= 0):
+            raise ValueError(f"input_noise: must be finite and >= 0, got {self.input_noise}")
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every: must be >= 0, got {self.snapshot_every}")
+        if any(not (np.isfinite(s) and s > 0) for s in self.validation_sigmas):
+            raise ValueError(
+                f"validation_sigmas: must be finite and > 0, got {self.validation_sigmas}"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay: must be in [0, 1), got {self.ema_decay}")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
@@ -81,14 +116,27 @@ class TrainConfig:
                 f"warmup_steps: must be in [0, steps) = [0, {self.steps}), got {self.warmup_steps}"
             )
 
+    def learning_rate(self) -> optax.Schedule:
+        """The learning rate as a function of the step."""
+        if self.schedule == "cosine":
+            return optax.warmup_cosine_decay_schedule(
+                init_value=0.0,
+                peak_value=self.peak_learning_rate,
+                warmup_steps=self.warmup_steps,
+                decay_steps=self.steps,
+                end_value=self.peak_learning_rate * self.final_learning_rate_fraction,
+            )
+        peak, warmup, ref = self.peak_learning_rate, self.warmup_steps, self.rsqrt_ref_steps
+
+        def rsqrt(step: jax.Array) -> jax.Array:
+            t = jnp.asarray(step, jnp.float32)
+            ramp = jnp.minimum(1.0, t / warmup) if warmup else 1.0
+            return peak * ramp * jax.lax.rsqrt(jnp.maximum(t / ref, 1.0))
+
+        return rsqrt
+
     def optimizer(self) -> optax.GradientTransformation:
-        schedule = optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=self.peak_learning_rate,
-            warmup_steps=self.warmup_steps,
-            decay_steps=self.steps,
-            end_value=self.peak_learning_rate * self.final_learning_rate_fraction,
-        )
+        schedule = self.learning_rate()
         return optax.chain(
             optax.clip_by_global_norm(self.grad_clip),
             optax.adamw(schedule, b1=self.b1, b2=self.b2, weight_decay=self.weight_decay),
@@ -148,12 +196,19 @@ def make_train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[...
     optimizer = config.optimizer()
 
     def step(params, ema, opt_state, key, arrays, static, step_number):
+        previous, current = arrays["previous"], arrays["current"]
+        if config.input_noise:
+            # A key of its own: without input noise the loss sees exactly the key it always did.
+            previous, current = forecaster.perturb_inputs(
+                jax.random.fold_in(key, 7), previous, current, config.input_noise
+            )
+
         def loss_fn(p):
             return forecaster.loss(
                 p,
                 key,
-                arrays["previous"],
-                arrays["current"],
+                previous,
+                current,
                 arrays["target"],
                 arrays["forcings"],
                 static,
@@ -239,6 +294,8 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     stop_after_seconds: float | None = None,
+    init_params: Any | None = None,
+    normalization: Normalization | None = None,
 ) -> Path:
     """Train (or resume) a forecaster; returns the checkpoint path.
 
@@ -254,12 +311,17 @@ def train(
       stop_after: stop after this many steps of this call (as an interruption would); for tests.
       stop_after_seconds: stop once this call has trained this long (wall clock, s); the run
         resumes from there when called again, so a long training can run in fixed-length sittings.
+      init_params: parameters (a state dict, e.g. another checkpoint's ``params``) to start a new
+        run from instead of a random initialisation (warm start: raw and EMA parameters both
+        start there, the optimiser afresh); ignored when the run directory resumes.
+      normalization: per-channel scales to use instead of those of `statistics` (a warm start
+        keeps its source's, so that the parameters mean what they meant).
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "checkpoint.msgpack"
     task = model_config.task
-    norm = Normalization.from_statistics(task, statistics)
+    norm = normalization or Normalization.from_statistics(task, statistics)
     lat = train_data["latitude"].values
     lon = train_data["longitude"].values
     forecaster, step_fn = _setup(model_config, train_config, norm, lat, lon)
@@ -269,7 +331,12 @@ def train(
         "grid": {"latitude": lat.tolist(), "longitude": lon.tolist()},
     }
     key = jax.random.PRNGKey(train_config.seed)
-    params = forecaster.init_params(jax.random.fold_in(key, 0))
+    if init_params is None:
+        params = forecaster.init_params(jax.random.fold_in(key, 0))
+    else:
+        template = forecaster.param_shapes()
+        params = jax.device_put(serialization.from_state_dict(template, init_params))
+        _check_shapes(template, params)
     optimizer = train_config.optimizer()
     opt_state = optimizer.init(params)
     # A copy: the step donates both buffers, which must therefore be distinct.
@@ -369,12 +436,14 @@ def train(
                     state.step % train_config.validate_every == 0
                     or state.step == train_config.steps
                 ):
-                    entry["validation_loss"] = val_eval(state.ema)
+                    entry.update(val_eval(state.ema))
                 history.append(entry)
                 with open(run / "history.jsonl", "a") as f:
                     f.write(json.dumps(entry) + "\n")
             if state.step % train_config.checkpoint_every == 0 or state.step == train_config.steps:
                 save()
+            if train_config.snapshot_every and state.step % train_config.snapshot_every == 0:
+                save_snapshot(run, state.step, configs, norm, state.ema, elapsed)
     finally:
         if bar is not None:
             bar.close()
@@ -386,14 +455,48 @@ def train(
     return ckpt_path
 
 
+def _check_shapes(template: Any, params: Any) -> None:
+    want = dict(jax.tree_util.tree_leaves_with_path(template))
+    for path, value in jax.tree_util.tree_leaves_with_path(params):
+        expected = want.get(path)
+        if expected is None or tuple(expected.shape) != tuple(np.shape(value)):
+            raise ValueError(
+                f"init_params: parameter {jax.tree_util.keystr(path)} has shape "
+                f"{tuple(np.shape(value))}, the model makes "
+                f"{None if expected is None else tuple(expected.shape)}"
+            )
+
+
+def save_snapshot(
+    run: Path, step: int, configs: dict[str, Any], norm: Normalization, ema: Any, seconds: float
+) -> Path:
+    """An inference-only checkpoint of the EMA parameters at `step` (the learning curve's)."""
+    return save_checkpoint(
+        run / "snapshots" / f"step_{step:07d}.msgpack",
+        configs=configs,
+        normalization=norm.to_dict(),
+        params=serialization.to_state_dict(ema),
+        metadata={"step": step, "train_seconds": round(seconds, 2)},
+    )
+
+
+def band_label(sigma: float) -> str:
+    """The history's key of one validation band, e.g. ``validation_sigma_0.25``."""
+    return f"validation_sigma_{sigma:g}"
+
+
 def _validation(
     forecaster: Forecaster,
     config: TrainConfig,
     data: xr.Dataset | None,
     period: tuple[Any, Any] | None,
     static_n: jnp.ndarray,
-) -> Callable[[Any], float] | None:
-    """A deterministic validation-loss function of the parameters (fixed windows and noise)."""
+) -> Callable[[Any], dict[str, float]] | None:
+    """A deterministic validation function of the parameters (fixed windows and noise).
+
+    Returns ``{"validation_loss": L, "validation_sigma_S": L_S, ...}``: the loss with training's
+    noise-level distribution, and at each of `config.validation_sigmas`.
+    """
     if data is None or period is None:
         return None
     task = forecaster.task
@@ -405,7 +508,7 @@ def _validation(
     key = jax.random.PRNGKey(987654321)
     loss_fn = forecaster.jitted_loss
 
-    def evaluate(params: Any) -> float:
+    def mean_loss(params: Any, sigma: float | None) -> float:
         values = [
             float(
                 loss_fn(
@@ -416,11 +519,18 @@ def _validation(
                     b["target"],
                     b["forcings"],
                     static_n,
+                    None if sigma is None else jnp.float32(sigma),
                 )
             )
             for i, b in enumerate(batches)
         ]
         return float(np.mean(values))
+
+    def evaluate(params: Any) -> dict[str, float]:
+        out = {"validation_loss": mean_loss(params, None)}
+        for sigma in config.validation_sigmas:
+            out[band_label(sigma)] = mean_loss(params, sigma)
+        return out
 
     return evaluate
 
