@@ -69,8 +69,11 @@ case "${1:-}" in
     extra=()
     if [ "$1" = lever ]; then name=$2; extra=("${@:3}"); fi
     mkdir -p data/runs
+    # The source is copied once, so that shipping a new checkpoint does not change what a
+    # resumed run started from.
+    [ -f data/runs/warm-source.msgpack ] || cp weather/assets/checkpoint.msgpack data/runs/warm-source.msgpack
     XLA_FLAGS="$SINGLE" taskset -c "$CORE" $WEATHER train --run-dir "data/runs/$name" \
-      --init-from weather/assets/checkpoint.msgpack --steps 200000 --batch-size 8 --lr 5e-4 \
+      --init-from data/runs/warm-source.msgpack --steps 200000 --batch-size 8 --lr 5e-4 \
       --warmup 300 --schedule rsqrt --rsqrt-ref 2000 --ema-decay 0.999 --validate-every 500 \
       --checkpoint-every 250 --snapshot-every 1000 --quiet --max-minutes "$LONG_MINUTES" \
       "${extra[@]}" >> "data/runs/$name.log" 2>&1

@@ -15,17 +15,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import BodyLimitMiddleware
 from service.catalog import Catalog, RequestError, model_info
+from service.errors import SafeJSONResponse, install_error_handlers
 from service.metrics import ServiceMetrics
 from service.results import JobFiles
 from service.settings import Settings
@@ -104,14 +105,22 @@ class Service:
                 log.exception("result expiry failed")
 
     def sweep(self, now: float) -> list[str]:
-        """Delete the results of jobs whose expiry passed; returns their ids."""
+        """Delete the results of jobs whose expiry passed (returns their ids), and forget
+        workers that died without a clean stop."""
+        gone = self.store.prune_workers(now=now, grace=self.settings.worker_prune_s)
+        if gone:
+            log.info("removed %d silent worker(s): %s", len(gone), ", ".join(gone))
         expired = self.store.expire(now)
         for job_id in expired:
             JobFiles(self.settings.data_dir, job_id).delete()
+        # Exports left by a killed request (files, and the folders a zipped Zarr is made in).
         for stale in self.tmp.glob("*"):
             with contextlib.suppress(OSError):
                 if stale.stat().st_mtime < now - 3600:
-                    stale.unlink()
+                    if stale.is_dir() and not stale.is_symlink():
+                        shutil.rmtree(stale)
+                    else:
+                        stale.unlink()
         return expired
 
     def close(self) -> None:
@@ -155,11 +164,13 @@ def create_app(settings: Settings | None = None, metrics: ServiceMetrics | None 
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
+    install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(RequestError)
-    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+    async def request_error(request: Request, error: RequestError) -> SafeJSONResponse:
         detail = [
             {
                 "loc": ["body", *error.field.split(".")],
@@ -167,7 +178,7 @@ def create_app(settings: Settings | None = None, metrics: ServiceMetrics | None 
                 "type": "value_error",
             }
         ]
-        return JSONResponse({"detail": detail}, status_code=422)
+        return SafeJSONResponse({"detail": detail}, status_code=422)
 
     app.include_router(build_router(settings, metrics))
     return app

@@ -55,7 +55,13 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     worker.set_defaults(handler=worker_command)
 
 
+class StartupError(Exception):
+    """What stops `weather serve` or `weather worker` before it starts, in one line each."""
+
+
 def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from pydantic import ValidationError
+
     from service.settings import Settings
 
     given = {
@@ -65,7 +71,32 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
         "database_url": args.database_url,
         **extra,
     }
-    return Settings(**{k: v for k, v in given.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as error:
+        # The settings hide their inputs (hide_input_in_errors): a key is never echoed.
+        lines = []
+        for e in error.errors():
+            where = ".".join(str(part) for part in e["loc"]) or "settings"
+            lines.append(f"setting {where} (WEATHER_{where.upper()}): {e['msg']}")
+        raise StartupError("\n".join(lines)) from None
+
+
+def _check_database(settings: Any) -> None:
+    """Open and close the job store once, so that a wrong URL or path ends here, in one line,
+    rather than in a traceback from inside the server's start-up."""
+    from service.store import StoreUnavailableError, open_store
+
+    try:
+        open_store(settings.database, schema=settings.database_schema).close()
+    except (StoreUnavailableError, ValueError) as error:
+        raise StartupError(str(error)) from None
+
+
+def _fail(error: StartupError) -> int:
+    for line in str(error).splitlines():
+        print(f"weather: error: {line}", file=sys.stderr)
+    return 2
 
 
 def with_embedded_archive(
@@ -107,9 +138,13 @@ def serve_command(args: argparse.Namespace) -> int:
     from service.settings import is_loopback
 
     _logging(args.log_level)
-    settings = _settings(
-        args, host=args.host, port=args.port, worker=False if args.no_worker else None
-    )
+    try:
+        settings = _settings(
+            args, host=args.host, port=args.port, worker=False if args.no_worker else None
+        )
+        _check_database(settings)
+    except StartupError as error:
+        return _fail(error)
     if not settings.api_keys and not is_loopback(settings.host):
         print(
             f"weather: error: --host {settings.host}: without API keys (WEATHER_API_KEYS) the "
@@ -130,7 +165,12 @@ def worker_command(args: argparse.Namespace) -> int:
     from service.worker import Worker
 
     _logging(args.log_level)
-    settings = with_embedded_archive(_settings(args, worker=True))
+    try:
+        settings = _settings(args, worker=True)
+        _check_database(settings)
+    except StartupError as error:
+        return _fail(error)
+    settings = with_embedded_archive(settings)
     metrics = ServiceMetrics()
     if args.metrics_port is not None:
         from prometheus_client import start_http_server

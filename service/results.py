@@ -27,14 +27,22 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from pydantic import ValidationError
 
 from service.catalog import ModelInfo
-from service.schemas import JobRequest, Region
+from service.schemas import JobRequest, Region, Scores
 from weather.data.layout import annotate_forecast
 from weather.data.variables import CATALOGUE
 from weather.model.task import channels_to_state
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class DamagedResultError(RuntimeError):
+    """A job's stored files are not what its worker wrote (a missing variable or lead, a
+    chunk or metadata file that does not decode, scores that are not JSON)."""
+
+
 STEP = np.timedelta64(12, "h")
 
 
@@ -218,15 +226,84 @@ class JobFiles:
 
     # -- reading (the API) ----------------------------------------------------------------------
 
-    def open_forecast(self, steps_done: int) -> xr.Dataset:
-        """The leads written so far (lazy)."""
-        ds = xr.open_zarr(self.forecast, consolidated=False, zarr_format=3)
-        return ds.isel(lead_time=slice(0, steps_done))
+    def open_forecast(
+        self, steps_done: int, variables: tuple[str, ...] | list[str] | None = None
+    ) -> xr.Dataset:
+        """The leads written so far (lazy).
+
+        With ``variables`` (what the job's request asked for) the store is checked first: every
+        variable there with at least ``steps_done`` leads, and every chunk of those leads
+        readable (one decoding pass over them, which also warms the page cache for the export
+        that follows), so that a damaged store is reported instead of served in part.
+
+        Raises:
+          FileNotFoundError: the store is gone (deleted).
+          DamagedResultError: naming the variable, lead or file at fault.
+        """
+        if not self.forecast.exists():
+            raise FileNotFoundError(self.forecast)
+        try:
+            if variables is not None:
+                self._verify(steps_done, variables)
+            ds = xr.open_zarr(self.forecast, consolidated=False, zarr_format=3)
+            return ds.isel(lead_time=slice(0, steps_done))
+        except (FileNotFoundError, DamagedResultError):
+            raise
+        except Exception as error:  # zarr and xarray raise many types on a damaged store
+            raise DamagedResultError(f"forecast store: {type(error).__name__}: {error}") from None
+
+    def _verify(self, steps_done: int, variables: tuple[str, ...] | list[str]) -> None:
+        import zarr
+
+        group = zarr.open_group(self.forecast, mode="r", zarr_format=3)
+        present = set(group.array_keys())
+        for name in variables:
+            if name not in present:
+                raise DamagedResultError(f"variable {name!r} is missing from the forecast store")
+            array = group[name]
+            assert isinstance(array, zarr.Array)
+            dims = list(getattr(array.metadata, "dimension_names", None) or ())
+            if "lead_time" not in dims:
+                raise DamagedResultError(f"variable {name!r} has no lead_time dimension")
+            axis = dims.index("lead_time")
+            if array.shape[axis] < steps_done:
+                raise DamagedResultError(
+                    f"variable {name!r} holds {array.shape[axis]} leads, {steps_done} are done"
+                )
+            for lead in range(steps_done):
+                index = tuple(lead if d == axis else slice(None) for d in range(array.ndim))
+                try:
+                    array[index]
+                except Exception as error:
+                    raise DamagedResultError(
+                        f"variable {name!r}, lead {12 * (lead + 1)} h: unreadable "
+                        f"({type(error).__name__}: {error})"
+                    ) from None
 
     def read_scores(self) -> dict[str, Any] | None:
-        if not self.scores.exists():
+        """The scores, or None when there are none (deleted).
+
+        Raises:
+          DamagedResultError: the file is not the scores the worker wrote.
+        """
+        try:
+            text = self.scores.read_bytes()
+        except FileNotFoundError:
             return None
-        result: dict[str, Any] = json.loads(self.scores.read_text())
+        try:
+            result = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise DamagedResultError(f"scores.json is not JSON ({error})") from None
+        if not isinstance(result, dict):
+            raise DamagedResultError("scores.json does not hold a scores object")
+        try:
+            Scores.model_validate(result)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise DamagedResultError(
+                f"scores.json does not match the scores layout ({where}: {first['msg']})"
+            ) from None
         return result
 
 

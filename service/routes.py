@@ -5,6 +5,7 @@ thread hop. The result and scores routes are ``async`` because they can long-pol
 they wait on the event loop and do their store and file work in the thread pool."""
 
 import asyncio
+import logging
 import os
 import pathlib
 import tempfile
@@ -13,16 +14,17 @@ import uuid
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import owner_dependency
 from service.catalog import request_hash
+from service.errors import SafeJSONResponse
 from service.export import json_result, write_netcdf, write_zarr_zip
 from service.metrics import ServiceMetrics
-from service.results import JobFiles
+from service.results import DamagedResultError, JobFiles
 from service.schemas import (
     ForecastRequestBase,
     Health,
@@ -38,6 +40,8 @@ from service.schemas import (
 )
 from service.settings import Settings
 from service.store import IdempotencyConflictError, Job, JobState, NewJob, QueueFullError
+
+log = logging.getLogger("service")
 
 JobId = Annotated[
     str, Path(pattern=r"^[0-9a-f]{32}$", description="job id (32 lower-case hex digits)")
@@ -87,6 +91,15 @@ def status_body(job: Job, queue_position: int | None, now: float) -> dict[str, A
         "error": job.error,
         "links": {"self": base, "result": f"{base}/result", "scores": f"{base}/scores"},
     }
+
+
+def damaged(job_id: str, error: BaseException) -> HTTPException:
+    """The answer to a job whose stored result cannot be read (logged with the job id)."""
+    reason = (
+        str(error) if isinstance(error, DamagedResultError) else f"{type(error).__name__}: {error}"
+    )
+    log.error("job %s: stored result damaged: %s", job_id, reason)
+    return HTTPException(500, f"the stored result of job {job_id} is damaged: {reason}")
 
 
 def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
@@ -259,7 +272,7 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
             raise HTTPException(400, "format json: the job's request has no points or region")
         if job.steps_done == 0:
             if job.status in (JobState.QUEUED, JobState.RUNNING):
-                return JSONResponse(
+                return SafeJSONResponse(
                     body(request, job), status_code=202, headers={"Retry-After": "1"}
                 )
             raise HTTPException(409, f"job {job_id}: {job.status.value} before its first lead")
@@ -269,7 +282,7 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
             "X-Leads-Done": str(12 * job.steps_done),
         }
         try:
-            ds = files.open_forecast(job.steps_done)
+            ds = files.open_forecast(job.steps_done, run.variables)
             if chosen == "json":
                 data = json_result(
                     job.id,
@@ -278,14 +291,44 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
                     complete=job.status == JobState.SUCCEEDED,
                     model_latitude=svc.catalog.info.latitude,
                 )
-                return JSONResponse(data, headers=headers)
-            fd, name = tempfile.mkstemp(prefix=f"{job.id}-", suffix=_SUFFIX[chosen], dir=svc.tmp)
-            os.close(fd)
-            os.unlink(name)  # the writers create the file themselves
-            writer = write_zarr_zip if chosen == "zarr" else write_netcdf
-            writer(ds, pathlib.Path(name))
+                return SafeJSONResponse(data, headers=headers)
         except FileNotFoundError:
             raise HTTPException(410, f"job {job_id}: its results were deleted") from None
+        except DamagedResultError as error:
+            raise damaged(job_id, error) from None
+        except Exception as error:  # e.g. a chunk that fails to decode while summarising
+            raise damaged(job_id, error) from None
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"{job.id}-", suffix=_SUFFIX[chosen], dir=svc.tmp)
+            os.close(fd)
+        except OSError as error:
+            log.error("job %s: cannot export: %s", job_id, error)
+            raise HTTPException(
+                503,
+                f"job {job_id}: the server cannot write the export now (its temporary folder: "
+                f"{error.strerror or error}); try again later",
+                {"Retry-After": "30"},
+            ) from None
+        path = pathlib.Path(name)
+        path.unlink()  # the writers create the file themselves
+        writer = write_zarr_zip if chosen == "zarr" else write_netcdf
+        try:
+            writer(ds, path)
+        except BaseException as error:
+            path.unlink(missing_ok=True)  # never leave a partial export behind
+            if isinstance(error, FileNotFoundError) and not files.forecast.exists():
+                raise HTTPException(410, f"job {job_id}: its results were deleted") from None
+            if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+                log.error("job %s: export failed: %s", job_id, error)
+                raise HTTPException(
+                    503,
+                    f"job {job_id}: the server could not write the export ({error}); try again "
+                    "later",
+                    {"Retry-After": "30"},
+                ) from None
+            if isinstance(error, Exception):
+                raise damaged(job_id, error) from None
+            raise
         return FileResponse(
             name,
             media_type=_MEDIA[chosen],
@@ -318,10 +361,15 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
         if job.expired:
             raise HTTPException(410, f"job {job_id}: its results expired and were deleted")
         if job.status in (JobState.QUEUED, JobState.RUNNING):
-            return JSONResponse(body(request, job), status_code=202, headers={"Retry-After": "1"})
+            return SafeJSONResponse(
+                body(request, job), status_code=202, headers={"Retry-After": "1"}
+            )
         if job.status != JobState.SUCCEEDED:
             raise HTTPException(409, f"job {job_id}: {job.status.value}, so it has no scores")
-        scores = JobFiles(settings.data_dir, job.id).read_scores()
+        try:
+            scores = JobFiles(settings.data_dir, job.id).read_scores()
+        except DamagedResultError as error:
+            raise damaged(job_id, error) from None
         if scores is None:
             raise HTTPException(410, f"job {job_id}: its scores were deleted")
         return scores
@@ -386,7 +434,7 @@ def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
             worker = str(len(live))
             detail = f"{len(live)} live worker(s) for this model"
         data = {"ready": ready, "model": key, "worker": worker, "detail": detail}
-        return JSONResponse(data, status_code=200 if ready else 503)
+        return SafeJSONResponse(data, status_code=200 if ready else 503)
 
     @router.get(
         "/metrics",

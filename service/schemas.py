@@ -105,6 +105,20 @@ class ForecastRequestBase(_Strict):
         "'15d'/'36h'; a positive multiple of 12 h, at most 15 days (360 h)",
         examples=["P15D", 36],
     )
+
+    @field_validator("lead", mode="before")
+    @classmethod
+    def _lead_in_range(cls, value: Any) -> Any:
+        # Numbers beyond any lead get one clear message here rather than a float conversion's
+        # ("int too big to convert", "Input should be a finite number") on each union branch.
+        if isinstance(value, bool):
+            raise ValueError("give hours as a number or a duration such as 'P15D', not a boolean")
+        if isinstance(value, int) and abs(value) > 10**6:
+            raise ValueError("must be a positive multiple of 12 h, at most 360 h (15 days)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number of hours (a multiple of 12, at most 360)")
+        return value
+
     seed: int | None = Field(
         default=None,
         ge=0,

@@ -35,7 +35,11 @@ def _split_list(value: Any) -> Any:
 class Settings(BaseSettings):
     """Everything the service and its workers can be told (env var = ``WEATHER_`` + name)."""
 
-    model_config = SettingsConfigDict(env_prefix="WEATHER_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused setting is described, never echoed (an API key put where
+    # its digest belongs must not reach a terminal or a log).
+    model_config = SettingsConfigDict(
+        env_prefix="WEATHER_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # -- model and data --
     checkpoint: Path = Field(default=DEFAULT_CHECKPOINT, description="model checkpoint (msgpack)")
@@ -129,6 +133,19 @@ class Settings(BaseSettings):
         gt=0,
         description="a running job whose worker is silent this long is claimed again",
     )
+    worker_prune_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a worker silent this long (s) is removed from the workers table (one "
+        "killed without a clean stop); must exceed worker_timeout_s",
+    )
+    reproducible: bool = Field(
+        default=False,
+        description="sample each job in its own call, padded to a fixed batch size, so that "
+        "the same request and seed give bit-identical numbers whatever else is queued; false "
+        "(default): members of several jobs share each call (faster on an accelerator; a "
+        "member's numbers then agree to float32 rounding)",
+    )
     max_attempts: int = Field(default=3, ge=1, description="claims of one job before it is failed")
     warmup: bool = Field(default=True, description="compile every batch size before taking jobs")
     compilation_cache_dir: Path | None = Field(
@@ -188,6 +205,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"worker_timeout_s ({self.worker_timeout_s}) must exceed heartbeat_s "
                 f"({self.heartbeat_s})"
+            )
+        if self.worker_prune_s <= self.worker_timeout_s:
+            raise ValueError(
+                f"worker_prune_s ({self.worker_prune_s}) must exceed worker_timeout_s "
+                f"({self.worker_timeout_s})"
             )
         if self.sampler is not None and self.sampler_steps is not None:
             raise ValueError(

@@ -27,6 +27,7 @@ from service.store import (
     JobStore,
     NewJob,
     QueueFullError,
+    StoreUnavailableError,
     WorkerInfo,
 )
 
@@ -319,6 +320,16 @@ class SQLJobStore(JobStore):
             )
             tx.run("DELETE FROM workers WHERE id = ?", (worker_id,))
 
+    def prune_workers(self, *, now: float, grace: float) -> list[str]:
+        with self._transaction() as tx:
+            gone = [
+                str(r[0])
+                for r in tx.rows("SELECT id FROM workers WHERE heartbeat_at < ?", (now - grace,))
+            ]
+            for worker_id in gone:
+                tx.run("DELETE FROM workers WHERE id = ?", (worker_id,))
+        return gone
+
     def live_workers(self, *, now: float, timeout: float) -> list[WorkerInfo]:
         with self._transaction(write=False) as tx:
             rows = tx.rows(
@@ -389,7 +400,13 @@ class SQLiteJobStore(SQLJobStore):
 
     def __init__(self, path: str | Path, *, checkpoint_on_commit: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreUnavailableError(
+                f"database_url sqlite:///{self.path}: cannot create its folder {self.path.parent} "
+                f"({error.strerror or error})"
+            ) from None
         self.checkpoint_on_commit = checkpoint_on_commit
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -401,8 +418,14 @@ class SQLiteJobStore(SQLJobStore):
         # the same rate (and far less below saturation). Other processes still meet the busy
         # handler (``timeout``), but only one thread of this one at a time.
         self._write_lock = threading.Lock()
-        with self._transaction() as tx:
-            self._create_schema(tx)
+        try:
+            with self._transaction() as tx:
+                self._create_schema(tx)
+        except sqlite3.Error as error:
+            self.close()
+            raise StoreUnavailableError(
+                f"database_url sqlite:///{self.path}: cannot open it as a database ({error})"
+            ) from None
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "connection", None)
@@ -468,8 +491,16 @@ class PostgresJobStore(SQLJobStore):
     lock_rows = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, *, schema: str = "weather", connect_timeout: float = 10.0) -> None:
+        import psycopg
         import psycopg_pool
 
+        # One direct connection first: its error names the cause (no such database, refused,
+        # authentication failed), where the pool would only time out.
+        try:
+            psycopg.connect(url, connect_timeout=max(1, round(connect_timeout))).close()
+        except psycopg.Error as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise StoreUnavailableError(f"database_url {_redacted(url)}: {reason}") from None
         self.schema = schema
         self._pool = psycopg_pool.ConnectionPool(
             url,
@@ -482,7 +513,7 @@ class PostgresJobStore(SQLJobStore):
             self._pool.open(wait=True, timeout=connect_timeout)
         except psycopg_pool.PoolTimeout:
             self._pool.close()
-            raise ConnectionError(
+            raise StoreUnavailableError(
                 f"database_url: no PostgreSQL connection to {_redacted(url)} within "
                 f"{connect_timeout:g} s"
             ) from None

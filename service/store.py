@@ -21,6 +21,11 @@ from collections.abc import Sequence
 from typing import Any
 
 
+class StoreUnavailableError(RuntimeError):
+    """The job database cannot be opened; the message says in one line what is wrong (the
+    database missing, the connection refused, authentication failed, the path not writable)."""
+
+
 class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -213,6 +218,11 @@ class JobStore(abc.ABC):
         """Mark ended jobs whose ``expires_at`` passed as expired; returns their ids."""
 
     @abc.abstractmethod
+    def prune_workers(self, *, now: float, grace: float) -> list[str]:
+        """Forget workers silent for more than ``grace`` seconds (killed without a clean stop:
+        their jobs were already claimable again after the job timeout); returns their ids."""
+
+    @abc.abstractmethod
     def maintain(self) -> None:
         """Housekeeping that a long-lived owner runs every second or so from a background
         thread, so that no request pays for it (SQLite: checkpoint the WAL)."""
@@ -230,6 +240,7 @@ def open_store(url: str, *, schema: str = "weather", maintained: bool = False) -
 
     Raises:
       ValueError: naming the URL's scheme when it is neither.
+      StoreUnavailableError: the database cannot be opened (the reason in one line).
     """
     from service import sql_store
 

@@ -11,9 +11,13 @@ worker after a missed heartbeat) is dropped there, between chunks. A finished jo
 and marked succeeded.
 
 Member ``m`` of a job is keyed by ``member_keys(seed, [m])`` and its step counter, exactly as in
-`weather.forecast.forecast`, so its forecast does not depend on what shares its batch (up to
-float rounding of the batch size), nor on a restart: a re-claimed job resumes from its saved
-states.
+`weather.forecast.forecast`, so its forecast does not depend on a restart (a re-claimed job
+resumes from its saved states) nor, up to float32 rounding, on what shares its batch: the
+batch's size and layout change the order of the compiled call's sums, and the atmosphere's
+chaos grows such last-bit differences with lead. With ``settings.reproducible`` each job is
+sampled in its own call, padded to the smallest batch size that holds it (the padding repeats
+its member 0), so the same request and seed give bit-identical numbers whatever else is queued
+(on the same machine and software: other hardware or XLA versions may round differently).
 
 A heartbeat thread records that the worker lives (the compiled call may take longer than a
 heartbeat period), so a job is claimed again only when its worker really stopped.
@@ -238,11 +242,19 @@ class Worker:
         )
 
     def _beat(self) -> None:
+        next_prune = 0.0
         while not self._stop.is_set():
             try:
                 self._beat_once()
             except Exception:  # a missed beat is retried; the job lease covers a few
                 log.exception("worker %s: heartbeat failed", self.id)
+            if time.monotonic() >= next_prune:
+                # Workers alone on a database (no API server's janitor) forget dead peers too.
+                next_prune = time.monotonic() + 60.0
+                try:
+                    self.store.prune_workers(now=time.time(), grace=self.settings.worker_prune_s)
+                except Exception:
+                    log.exception("worker %s: could not prune silent workers", self.id)
             self._stop.wait(self.settings.heartbeat_s)
 
     # -- jobs -------------------------------------------------------------------------------------
@@ -327,8 +339,21 @@ class Worker:
         return previous, current
 
     def _chunk(self) -> None:
-        """Advance every lane by one chunk in one sampling call, then write and account."""
-        lanes = self.lanes
+        """Advance every lane by one chunk, in one sampling call (or, with
+        ``settings.reproducible``, one call per job), then write and account."""
+        if self.settings.reproducible:
+            kept = []
+            for lane in self.lanes:
+                self.lanes = [lane]
+                self._sample(self.lanes)
+                kept.extend(self.lanes)
+            self.lanes = kept
+        else:
+            self._sample(self.lanes)
+
+    def _sample(self, lanes: list[Lane]) -> None:
+        """Advance ``lanes`` by one chunk in one sampling call; ``self.lanes`` becomes those
+        that stay (not finished, failed or cancelled)."""
         members = [lane.members for lane in lanes]
         n = sum(members)
         t0 = time.perf_counter()

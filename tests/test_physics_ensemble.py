@@ -25,6 +25,7 @@ from weather.physics_ensemble import (
     perfect_model_ensemble,
     perfect_model_member_states,
     physics_ensemble,
+    reduce_surface_pressure,
 )
 from weather.sim.dynamics import SimulationConfig
 from weather.sim.initialise import Analysis, modal_spectrum, total_wavenumbers
@@ -210,3 +211,78 @@ def test_bad_input_names_the_field(archive):
         PhysicsEnsembleConfig(temperature_noise=-1.0)
     with pytest.raises(ValueError, match="draws"):
         PerfectModelConfig(draws="uniform")
+
+
+def test_surface_pressure_reduction_is_exact_for_an_isothermal_column():
+    """In an isothermal atmosphere phi(p) = R T ln(p_ref / p), linear in ln p, so the profile's
+    interpolation is exact: a surface 1 % above the profile's pressure at the model's height
+    comes back 1 % above its pressure at the target's height, and unchanged where the two
+    orographies agree."""
+    from weather.sim.pressure import DRY_AIR_GAS_CONSTANT
+
+    rt = DRY_AIR_GAS_CONSTANT * 250.0
+    p_ref = 101325.0
+    levels = np.asarray([300.0, 500.0, 700.0, 850.0, 1000.0]) * 100.0
+    phi = (rt * np.log(p_ref / levels))[None, :, None, None] * np.ones((2, 1, 2, 3))
+    temperature = np.full_like(phi, 250.0)
+    model_surface = np.asarray([[3000.0, 9000.0, 20000.0], [1000.0, 5000.0, 15000.0]])
+    target_surface = np.asarray([[3000.0, 20000.0, 9000.0], [12000.0, 1000.0, 15000.0]])
+    surface = 1.01 * p_ref * np.exp(-model_surface / rt) * np.ones((2, 1, 1))
+    reduced = reduce_surface_pressure(
+        surface, phi, temperature, levels, model_surface, target_surface
+    )
+    expected = 1.01 * p_ref * np.exp(-target_surface / rt)
+    # float32 output: 6e-8 relative rounding.
+    np.testing.assert_allclose(reduced, np.broadcast_to(expected, reduced.shape), rtol=2e-7)
+    same = reduce_surface_pressure(surface, phi, temperature, levels, model_surface, model_surface)
+    np.testing.assert_allclose(same, surface, rtol=2e-7)
+
+
+def test_the_physics_ensemble_reports_surface_pressure_on_the_analysis_orography(archive):
+    """The default reduces the model's surface pressure to the analysis's orography; the
+    config keeps the model's own on request, and the two differ only by that reduction. (A T31
+    model on the T21 test truth, so that the two orographies differ.)"""
+    from weather.physics_ensemble import _archive_simulation
+
+    config = dataclasses.replace(SETTINGS, resolution="T31", dt_minutes=30.0)
+    both = {
+        where: physics_ensemble(
+            archive,
+            [INIT],
+            "12h",
+            1,
+            method="noise",
+            seed=5,
+            config=dataclasses.replace(config, surface_pressure=where),
+        )
+        for where in ("analysis", "model")
+    }
+    np.testing.assert_array_equal(
+        both["analysis"]["temperature"].values, both["model"]["temperature"].values
+    )
+    levels = tuple(int(p) for p in archive["level"].values)
+    grid = (archive["latitude"].size, archive["longitude"].size)
+    model = EnsembleModel(
+        config.simulation(_archive_simulation(archive), levels, grid),
+        archive["latitude"].values,
+        archive["longitude"].values,
+        config.truncation,
+    )
+    own = model.model.surface_geopotential()[0]
+    # The truth's orography (T21, coarse-grained) is not the model's (T31).
+    assert np.abs(own - archive["geopotential_at_surface"].values).max() > 100.0
+    fc = both["model"].isel(member=0, init_time=0)
+    expected = reduce_surface_pressure(
+        fc["surface_pressure"].values,
+        fc["geopotential"].values,
+        fc["temperature"].values,
+        archive["level"].values * 100.0,
+        own,
+        archive["geopotential_at_surface"].values,
+    )
+    got = both["analysis"]["surface_pressure"].isel(member=0, init_time=0).values
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # ... and the reduction matters: more than 1 hPa somewhere.
+    assert np.abs(got - fc["surface_pressure"].values).max() > 100.0
+    with pytest.raises(ValueError, match="surface_pressure"):
+        PhysicsEnsembleConfig(surface_pressure="sea level")

@@ -4,10 +4,14 @@ Bodies are drawn from the submission's JSON schema in the OpenAPI document (`fro
 below covers what FastAPI emits: objects, ``$ref``, ``anyOf``, enums, numbers with bounds,
 strings and arrays with lengths), most of them with a valid init time so that they get past
 the archive check, plus arbitrary JSON; path ids and query parameters are drawn freely.
-Bounded: a few dozen examples per route, against an API-only server over real HTTP (no worker,
-so nothing is sampled).
+Every number may also be one that JSON carries in but not back out (NaN, Infinity, 1e400), an
+integer far beyond any bound, and every string may hold lone UTF-16 surrogates: each must get
+its 4xx, and the next request on the same kept-alive connection must succeed (`fine` checks
+both). Bounded: a few dozen examples per route, against an API-only server over real HTTP (no
+worker, so nothing is sampled).
 """
 
+import json
 import urllib.parse
 from typing import Any
 
@@ -25,12 +29,22 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+# What a hostile client sends: non-finite numbers, integers of hundreds of digits, and text with
+# lone surrogates (category Cs), which no UTF-8 encoder accepts.
+HOSTILE_NUMBERS = st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e308 * 10]) | (
+    st.integers(300, 1200).map(lambda digits: int("9" * digits))
+)
+HOSTILE_TEXT = st.text(
+    st.characters(categories=["Cs"]) | st.characters(codec="utf-8"), min_size=1, max_size=8
+)
 JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
+    | st.floats()
+    | HOSTILE_NUMBERS
+    | st.text(max_size=20)
+    | HOSTILE_TEXT,
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
     ),
@@ -53,12 +67,16 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrate
         props = schema.get("properties", {})
         if not props:  # a mapping, e.g. thresholds per variable
             values = from_schema(schema.get("additionalProperties", {}), root)
-            keys = st.sampled_from(["temperature", "geopotential", "humidity"]) | st.text(
-                max_size=5
+            keys = (
+                st.sampled_from(["temperature", "geopotential", "humidity"])
+                | st.text(max_size=5)
+                | HOSTILE_TEXT
             )
             return st.dictionaries(keys, values, max_size=3)
         required = set(schema.get("required", []))
         optional = {k: from_schema(v, root) for k, v in props.items() if k not in required}
+        # Now and then a field name with a lone surrogate joins the object.
+        optional["\ud800" + next(iter(props), "")] = HOSTILE_TEXT
         return st.fixed_dictionaries(
             {k: from_schema(v, root) for k, v in props.items() if k in required},
             optional=optional,
@@ -70,14 +88,24 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrate
             max_size=min(schema.get("maxItems", 5), 5),
         )
     if kind == "integer":
-        return st.integers(schema.get("minimum", -(2**40)), schema.get("maximum", 2**40))
+        return (
+            st.integers(schema.get("minimum", -(2**40)), schema.get("maximum", 2**40))
+            | HOSTILE_NUMBERS
+        )
     if kind == "number":
-        return st.floats(
-            schema.get("minimum"), schema.get("maximum"), allow_nan=False, allow_infinity=False
-        ) | st.integers(-1000, 1000)
+        return (
+            st.floats(
+                schema.get("minimum"), schema.get("maximum"), allow_nan=False, allow_infinity=False
+            )
+            | st.integers(-1000, 1000)
+            | HOSTILE_NUMBERS
+        )
     if kind == "string":
-        return st.text(
-            min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 30), 30)
+        return (
+            st.text(
+                min_size=schema.get("minLength", 0), max_size=min(schema.get("maxLength", 30), 30)
+            )
+            | HOSTILE_TEXT
         )
     if kind == "boolean":
         return st.booleans()
@@ -108,10 +136,27 @@ def spec(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return spec
 
 
-def fine(r: httpx.Response) -> None:
+REQUESTS = {"count": 0}
+
+
+def send(client: httpx.Client, method: str, url: str, **kw: Any) -> httpx.Response:
+    """One request; bodies go as JSON text that may hold NaN, Infinity and lone surrogates
+    (what Python's JSON writer emits for them), as a hostile client would send them."""
+    if "json" in kw:
+        kw["content"] = json.dumps(kw.pop("json"))
+        kw.setdefault("headers", {})["Content-Type"] = "application/json"
+    REQUESTS["count"] += 1
+    return client.request(method, url, **kw)
+
+
+def fine(r: httpx.Response, client: httpx.Client | None = None) -> None:
+    """No 5xx; a 4xx says why in ``detail``; the connection still serves the next request."""
     assert r.status_code < 500, (r.status_code, r.request.method, r.request.url, r.text)
     if r.status_code >= 400:
         assert "detail" in r.json(), r.text
+    if client is not None:
+        REQUESTS["count"] += 1
+        assert client.get("/healthz").status_code == 200
 
 
 def test_schema_drawn_submissions_never_fail_the_server(client, spec):
@@ -127,11 +172,11 @@ def test_schema_drawn_submissions_never_fail_the_server(client, spec):
         if init is not None:
             body["init_time"] = init
         headers = {"Idempotency-Key": key} if key is not None else {}
-        r = client.post("/forecast", json=body, headers=headers)
-        fine(r)
+        r = send(client, "POST", "/forecast", json=body, headers=headers)
+        fine(r, client)
         if r.status_code == 202:
-            fine(client.get(f"/forecast/{r.json()['id']}/result"))
-            fine(client.delete(f"/forecast/{r.json()['id']}"))
+            fine(send(client, "GET", f"/forecast/{r.json()['id']}/result"))
+            fine(send(client, "DELETE", f"/forecast/{r.json()['id']}"))
 
     submit()
 
@@ -149,12 +194,27 @@ def test_arbitrary_bodies_ids_and_queries_never_fail_the_server(client):
         ),
     )
     def anything(body: Any, raw: bytes, job_id: str, query: dict[str, str]) -> None:
-        fine(client.post("/forecast", json=body))
-        fine(client.post("/forecast", content=raw, headers={"Content-Type": "application/json"}))
+        fine(send(client, "POST", "/forecast", json=body), client)
+        fine(
+            send(
+                client,
+                "POST",
+                "/forecast",
+                content=raw,
+                headers={"Content-Type": "application/json"},
+            ),
+            client,
+        )
         path = "/forecast/" + urllib.parse.quote(job_id, safe="")
         for route in (path, f"{path}/result", f"{path}/scores"):
-            fine(client.get(route, params=query))
-        fine(client.delete(path))
-        fine(client.get("/forecast", params=query))
+            fine(send(client, "GET", route, params=query))
+        fine(send(client, "DELETE", path))
+        fine(send(client, "GET", "/forecast", params=query), client)
 
     anything()
+
+
+def test_the_fuzz_run_made_hundreds_of_requests():
+    """The two runs above (same module, in order) sent this many requests, none answered 5xx."""
+    print(f"fuzz: {REQUESTS['count']} requests, none answered 5xx")
+    assert REQUESTS["count"] >= 300, REQUESTS

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -90,31 +91,53 @@ def parse_lead(lead: str | float | int | np.timedelta64) -> np.timedelta64:
     """
     import pandas as pd
 
+    shown = _shown(lead)
     if isinstance(lead, np.timedelta64):
         td = lead.astype("timedelta64[ns]")
     elif isinstance(lead, int | float):
-        td = np.timedelta64(round(float(lead) * 3600), "s").astype("timedelta64[ns]")
+        td = _hours(lead, shown)
     else:
         text = str(lead).strip()
         compact = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([dDhH]?)", text)
         if compact:
             # Plain numbers are hours; "15d" and "36h" are days and hours.
-            hours = float(compact.group(1)) * (24 if compact.group(2) in ("d", "D") else 1)
-            td = np.timedelta64(round(hours * 3600), "s").astype("timedelta64[ns]")
+            td = _hours(
+                float(compact.group(1)) * (24 if compact.group(2) in ("d", "D") else 1), shown
+            )
         elif text.upper().startswith("P"):
             try:
                 td = pd.Timedelta(text.upper()).to_timedelta64()
-            except ValueError as error:
-                raise ValueError(f"lead {lead!r}: not an ISO 8601 duration ({error})") from None
+            except (ValueError, OverflowError) as error:
+                raise ValueError(f"lead {shown}: not an ISO 8601 duration ({error})") from None
         else:
             raise ValueError(
-                f"lead {lead!r}: not a duration (give hours, '15d', '36h' or ISO 'P15D')"
+                f"lead {shown}: not a duration (give hours, '15d', '36h' or ISO 'P15D')"
             )
     if td <= np.timedelta64(0) or td % STEP != np.timedelta64(0):
-        raise ValueError(f"lead {lead!r}: must be a positive multiple of 12 h")
+        raise ValueError(f"lead {shown}: must be a positive multiple of 12 h")
     if td > MAX_LEAD:
-        raise ValueError(f"lead {lead!r}: at most 15 days")
+        raise ValueError(f"lead {shown}: at most 15 days")
     return td
+
+
+def _shown(lead: object) -> str:
+    """A lead as an error message shows it: short, whatever the client sent."""
+    if isinstance(lead, int) and not isinstance(lead, bool) and lead.bit_length() > 64:
+        return f"(an integer of about {int(lead.bit_length() / 3.32)} digits)"
+    text = repr(lead)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _hours(hours: float | int, shown: str) -> np.timedelta64:
+    """``hours`` as a timedelta64[ns]; numbers beyond any lead get the range message, not an
+    overflow from the conversion."""
+    try:
+        value = float(hours)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value) or abs(value) > 1e6:
+        raise ValueError(f"lead {shown}: must be a finite number of hours, at most 360 (15 days)")
+    return np.timedelta64(round(value * 3600), "s").astype("timedelta64[ns]")
 
 
 def initial_states(
