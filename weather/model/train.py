@@ -193,6 +193,19 @@ def static_channels(dataset: xr.Dataset, forecaster: Forecaster) -> np.ndarray:
 
 
 def make_train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any]:
+    """`train_step` of the forecaster, compiled, donating the parameter, EMA and optimiser
+    buffers."""
+    return jax.jit(train_step(forecaster, config), donate_argnums=(0, 1, 2))
+
+
+def train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any]:
+    """One optimiser step as a pure function (for callers that compile it into more):
+
+    ``(params, ema, opt_state, key, arrays, static, step_number) -> (params, ema, opt_state,
+    loss, grad_norm)``, ``arrays`` the `batch_arrays` of one batch (physical units, channels
+    last), ``static`` the normalised static fields ``[H, W, S]``, ``step_number`` an int32
+    scalar (the EMA's warm-up and the schedule's position).
+    """
     optimizer = config.optimizer()
 
     def step(params, ema, opt_state, key, arrays, static, step_number):
@@ -224,7 +237,7 @@ def make_train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[...
         ema = optax.incremental_update(params, ema, 1.0 - decay)
         return params, ema, opt_state, loss, optax.tree.norm(grads)
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    return step
 
 
 _SETUPS: dict[Any, tuple[Forecaster, Callable[..., Any]]] = {}
