@@ -53,6 +53,20 @@ LABELS = {
 STATS = ("mean", "std", "min", "max")
 
 
+def with_conserved(model: Any, spec: str) -> Any:
+    """The loaded model with `ModelConfig.conserve` replaced (``"none"``: nothing conserved)."""
+    import dataclasses
+
+    from weather.forecast import LoadedModel
+    from weather.model.denoiser import Forecaster
+
+    fc = model.forecaster
+    names = () if spec.strip().lower() == "none" else tuple(v.strip() for v in spec.split(","))
+    config = dataclasses.replace(fc.config, conserve=names)
+    rebuilt = Forecaster(config, fc.normalization, fc.latitude, fc.longitude)
+    return LoadedModel(rebuilt, model.params, model.metadata, model.path)
+
+
 def label(name: str, level: int | None) -> str:
     return LABELS.get(name, name) + ("" if level is None else str(level))
 
@@ -302,6 +316,11 @@ def main() -> None:
     p.add_argument("--members", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", help="sampler spec (default: the checkpoint's own)")
+    p.add_argument(
+        "--conserve",
+        help="comma-separated surface variables whose global mean each step keeps (overrides "
+        "the checkpoint's; 'none' for none), e.g. surface_pressure",
+    )
     p.add_argument("--tendency-inits", type=int, default=24)
     p.add_argument("--chunk-steps", type=int, default=10)
     p.add_argument("--out-dir", type=Path, default=Path("data/benchmarks/climate_drift"))
@@ -317,6 +336,8 @@ def main() -> None:
 
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
     model = load_forecaster(checkpoint)
+    if args.conserve is not None:
+        model = with_conserved(model, args.conserve)
     sampler = (
         parse_sampler(args.sampler, model.forecaster.config.sampler)
         if args.sampler
@@ -332,6 +353,7 @@ def main() -> None:
     roller = Roller(model.forecaster, RolloutConfig(chunk_steps=args.chunk_steps, sampler=sampler))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
+        "conserve": list(model.forecaster.config.conserve),
         "checkpoint": str(checkpoint),
         "checkpoint_mtime": os.path.getmtime(checkpoint),
         "sampler": args.sampler,
@@ -380,6 +402,7 @@ def main() -> None:
                 "checkpoint": os.path.basename(checkpoint),
                 "archive": str(args.archive),
                 "sampler": json.loads(json.dumps(vars(sampler), default=str)),
+                "conserve": list(model.forecaster.config.conserve),
                 "inits": [r["init"] for r in ordered],
                 "members": args.members,
                 "days": args.days,

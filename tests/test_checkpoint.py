@@ -94,3 +94,21 @@ def test_export_can_change_the_default_sampler_and_keeps_provenance(tmp_path):
     )
     with pytest.raises(SystemExit, match="--sampler: sampler: '2s:x' is not SOLVER:N"):
         main(["export", str(DEFAULT_CHECKPOINT), str(out), "--sampler", "2s:x"])
+
+
+def test_export_can_set_and_clear_what_the_model_conserves(tmp_path, capsys):
+    from weather.cli import DEFAULT_CHECKPOINT, main
+    from weather.forecast import load_forecaster
+
+    held, free = tmp_path / "held.msgpack", tmp_path / "free.msgpack"
+    assert (
+        main(["export", str(DEFAULT_CHECKPOINT), str(held), "--conserve", "surface_pressure"]) == 0
+    )
+    assert load_forecaster(held).forecaster.config.conserve == ("surface_pressure",)
+    saved = load_checkpoint(held)
+    assert saved["metadata"]["conserve_set_by"] == "weather export --conserve surface_pressure"
+    assert main(["export", str(held), str(free), "--conserve", "none"]) == 0
+    assert load_forecaster(free).forecaster.config.conserve == ()
+    assert "conserve" not in load_checkpoint(free)["configs"]["model"]
+    assert main(["export", str(held), str(free), "--conserve", "temperature"]) == 2
+    assert "conserve" in capsys.readouterr().err

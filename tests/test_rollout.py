@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import tiny_model_config
 
-from weather.model.denoiser import Forecaster
+from weather.model.denoiser import Forecaster, ModelConfig
 from weather.model.rollout import Roller, RolloutConfig
 from weather.model.task import Normalization, state_to_channels
 
@@ -153,3 +153,37 @@ def test_batch_roller_pads_to_fixed_sizes(model):
         roller.padded_size(9)
     with pytest.raises(ValueError, match="ascending"):
         BatchRoller(fc, batch_sizes=(8, 4))
+
+
+def test_conserving_surface_pressure_keeps_its_global_mean_step_after_step(model):
+    """With `conserve`, every member's area-weighted global-mean surface pressure stays the
+    initial state's over a rollout (float32 rounding of ~1e5 Pa: a few hundredths of a Pa);
+    every other channel is the unconstrained model's in the first step."""
+    import dataclasses
+
+    from weather.data.grid import cell_area_weights
+
+    fc, params, prev, cur, static = model
+    kept = Forecaster(
+        dataclasses.replace(fc.config, conserve=("surface_pressure",)),
+        fc.normalization,
+        fc.latitude,
+        fc.longitude,
+    )
+    c = fc.task.channel_names().index("surface_pressure")
+    area = cell_area_weights(fc.latitude)[:, None]
+
+    def global_mean(x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x[..., c], np.float64) * area).mean(axis=(-2, -1))
+
+    free = run(Roller(fc, RolloutConfig(chunk_steps=2)), params, prev, cur, static, members=2)
+    held = run(Roller(kept, RolloutConfig(chunk_steps=2)), params, prev, cur, static, members=2)
+    start = global_mean(cur)
+    assert np.abs(global_mean(free) - start).max() > 1.0  # the model alone drifts
+    np.testing.assert_allclose(global_mean(held), start, rtol=0, atol=0.05)
+    others = [i for i in range(fc.task.n_state) if i != c]
+    np.testing.assert_array_equal(held[0][..., others], free[0][..., others])
+    with pytest.raises(ValueError, match="conserve"):
+        dataclasses.replace(fc.config, conserve=("temperature",))
+    assert ModelConfig.from_dict(kept.config.to_dict()) == kept.config
+    assert "conserve" not in fc.config.to_dict()  # older checkpoints' configs are unchanged

@@ -636,6 +636,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="change the checkpoint's default sampler (applied to its current one), e.g. "
         "'2s:5,spread_scale=0.5'; recorded in the metadata",
     )
+    p.add_argument(
+        "--conserve",
+        metavar="VAR[,VAR...]|none",
+        help="surface variables whose global mean every 12 h step keeps exactly, e.g. "
+        "surface_pressure (the dry atmosphere's mass); 'none' to clear",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -645,13 +651,25 @@ def _export(args: argparse.Namespace) -> int:
     from weather.model.checkpoint import export_checkpoint, load_checkpoint
     from weather.model.denoiser import ModelConfig
 
-    sampler = metadata = None
+    sampler = conserve = None
+    metadata: dict[str, Any] = {}
+    model = ModelConfig.from_dict(load_checkpoint(args.source)["configs"]["model"])
     if args.sampler:
-        model = ModelConfig.from_dict(load_checkpoint(args.source)["configs"]["model"])
         chosen = _parsed_sampler(args.sampler, model.sampler)
         sampler = json.loads(json.dumps(dataclasses.asdict(chosen)))
-        metadata = {"sampler_set_by": f"weather export --sampler {args.sampler}"}
-    out = export_checkpoint(args.source, args.target, sampler=sampler, metadata=metadata)
+        metadata["sampler_set_by"] = f"weather export --sampler {args.sampler}"
+    if args.conserve:
+        text = args.conserve.strip()
+        conserve = [] if text.lower() == "none" else [v.strip() for v in text.split(",")]
+        try:
+            dataclasses.replace(model, conserve=tuple(conserve))
+        except ValueError as error:
+            print(f"error: --conserve: {error}", file=sys.stderr)
+            return 2
+        metadata["conserve_set_by"] = f"weather export --conserve {args.conserve}"
+    out = export_checkpoint(
+        args.source, args.target, sampler=sampler, conserve=conserve, metadata=metadata or None
+    )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -97,6 +97,7 @@ def export_checkpoint(
     *,
     metadata: dict[str, Any] | None = None,
     sampler: dict[str, Any] | None = None,
+    conserve: list[str] | None = None,
 ) -> Path:
     """Write an inference-only copy of a training checkpoint (EMA parameters, configs,
     normalisation, metadata; no optimiser state or raw parameters, about a third of the size).
@@ -107,6 +108,7 @@ def export_checkpoint(
       metadata: entries added to (or replacing) the source's metadata, e.g. provenance.
       sampler: a replacement for the model config's ``sampler`` entry (the fields of
         `weather.model.sampler.SamplerConfig`): the sampler that inference uses by default.
+      conserve: a replacement for the model config's ``conserve`` (`ModelConfig.conserve`).
     """
     saved = load_checkpoint(source)
     meta = dict(saved["metadata"])
@@ -116,6 +118,9 @@ def export_checkpoint(
     configs = saved["configs"]
     if sampler is not None:
         configs = {**configs, "model": {**configs["model"], "sampler": dict(sampler)}}
+    if conserve is not None:
+        model = {k: v for k, v in configs["model"].items() if k != "conserve"}
+        configs = {**configs, "model": {**model, **({"conserve": conserve} if conserve else {})}}
     return save_checkpoint(
         target,
         configs=configs,

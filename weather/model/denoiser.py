@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from weather.data.grid import cell_area_weights
 from weather.model import backbone as backbone_lib
 from weather.model import edm as edm_lib
 from weather.model import noise as noise_lib
@@ -41,6 +42,10 @@ class ModelConfig:
       edm: preconditioning and training-noise distribution.
       sampler: DPM-Solver++ 2S settings used by `sample_step`.
       noise: "spherical" (isotropic white noise from spherical harmonics, as GenCast) or "iid".
+      conserve: state variables whose area-weighted global mean each 12 h step keeps exactly
+        (its residual's global mean is removed). ``("surface_pressure",)`` conserves the dry
+        atmosphere's mass, as the simulated (dry, Held-Suarez) truth does exactly; off by
+        default, as in GenCast, whose moist ERA5 atmosphere gains and loses water.
     """
 
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
@@ -50,10 +55,18 @@ class ModelConfig:
         default_factory=sampler_lib.SamplerConfig
     )
     noise: str = "spherical"
+    conserve: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "conserve", tuple(self.conserve))
         if self.noise not in ("spherical", "iid"):
             raise ValueError(f"noise: must be 'spherical' or 'iid', got {self.noise!r}")
+        unknown = [v for v in self.conserve if v not in self.task.surface_variables]
+        if unknown:
+            raise ValueError(
+                f"conserve: {unknown} are not surface variables of the task "
+                f"{list(self.task.surface_variables)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +75,7 @@ class ModelConfig:
             "edm": _dataclass_dict(self.edm),
             "sampler": _dataclass_dict(self.sampler),
             "noise": self.noise,
+            **({"conserve": list(self.conserve)} if self.conserve else {}),
         }
 
     @classmethod
@@ -72,6 +86,7 @@ class ModelConfig:
             edm=edm_lib.EDMConfig(**d["edm"]),
             sampler=sampler_lib.SamplerConfig(**_floats(d["sampler"])),
             noise=d["noise"],
+            conserve=tuple(d.get("conserve", ())),
         )
 
 
@@ -115,6 +130,7 @@ class Forecaster:
         )
         self.noise_fn = noise_lib.make_noise_fn(config.noise, self.latitude, self.longitude)
         self.weights = jnp.asarray(loss_weights(self.task, self.latitude))  # [H, 1, C]
+        self._area = jnp.asarray(cell_area_weights(self.latitude), jnp.float32)  # [H], mean 1
         n = normalization
         self._mean = jnp.asarray(n.mean)
         self._std = jnp.asarray(n.std)
@@ -289,4 +305,18 @@ class Forecaster:
             sampler or self.config.sampler,
             noise_fn,
         )
-        return current + residual * self._diff_std
+        out = current + residual * self._diff_std
+        return self.conserved(current, out)
+
+    def conserved(self, current: jnp.ndarray, nxt: jnp.ndarray) -> jnp.ndarray:
+        """``nxt`` ``[M, H, W, C]`` with the global means of `config.conserve`'s channels set to
+        ``current``'s (area-weighted, per member): each step's global-mean tendency removed."""
+        if not self.config.conserve:
+            return nxt
+        area = self._area[:, None]  # [H, 1], mean 1
+        names = self.task.channel_names()
+        for name in self.config.conserve:
+            c = names.index(name)
+            drift = jnp.mean((nxt[..., c] - current[..., c]) * area, axis=(-2, -1))  # [M]
+            nxt = nxt.at[..., c].add(-drift[:, None, None])
+        return nxt
