@@ -62,7 +62,9 @@ class Service:
             settings.database, schema=settings.database_schema, maintained=True
         )
         try:
-            self.catalog = Catalog(model_info(settings), settings.archive)
+            self.catalog = Catalog(
+                model_info(settings), settings.archive, storage_options=settings.storage_options
+            )
             self.worker: Worker | None = None
             self.worker_process: WorkerProcess | None = None
             if settings.worker and settings.worker_process:

@@ -108,15 +108,24 @@ class Catalog:
 
     Args:
       info: from `model_info`.
-      archive: the analysis archive's path; its time axis is re-read when a requested init time
-        is missing (at most every ``refresh_s`` seconds, so bad requests cannot keep the server
-        re-reading it), so an archive that grows serves new init times without a restart.
+      archive: the analysis archive's path or URL; its time axis is re-read when a requested
+        init time is missing (at most every ``refresh_s`` seconds, so bad requests cannot keep
+        the server re-reading it), so an archive that grows serves new init times without a
+        restart.
       refresh_s: least interval between two re-reads (s).
+      storage_options: for the fsspec filesystem of a URL archive.
     """
 
-    def __init__(self, info: ModelInfo, archive: Path, refresh_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        archive: str | Path,
+        refresh_s: float = 30.0,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         self.info = info
-        self.archive = Path(archive)
+        self.archive = archive
+        self.storage_options = storage_options
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._set_times(self._read_times())
@@ -129,9 +138,11 @@ class Catalog:
 
     def _read_times(self) -> np.ndarray:
         from weather.data.reader import open_archive
+        from weather.forecast import check_archive_fits
 
         try:
-            ds = open_archive(self.archive)
+            ds = open_archive(self.archive, storage_options=self.storage_options)
+            check_archive_fits(self.info.task, self.info.latitude, self.info.longitude, ds)
         except ArchiveError as error:
             raise ArchiveError(f"archive {self.archive}: {error}") from None
         return np.asarray(ds["time"].values, dtype="datetime64[ns]")
@@ -151,7 +162,7 @@ class Catalog:
             if all(int(t) in self._known for t in wanted):
                 return
         if times.size == 0:
-            raise RequestError("init_time", f"the analysis archive {self.archive.name} is empty")
+            raise RequestError("init_time", f"the analysis archive {self.archive} is empty")
         first, last = times[0] + STEP, times[-1]
         raise RequestError(
             "init_time",

@@ -13,10 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from weather.data.location import as_source, is_url
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, help="model checkpoint (WEATHER_CHECKPOINT)")
-    p.add_argument("--archive", type=Path, help="analysis archive (WEATHER_ARCHIVE)")
+    p.add_argument(
+        "--archive",
+        type=as_source,
+        help="analysis archive, a path or an fsspec URL (WEATHER_ARCHIVE)",
+    )
     p.add_argument("--data-dir", type=Path, help="job results and SQLite (WEATHER_DATA_DIR)")
     p.add_argument(
         "--database-url", help="sqlite:///PATH or postgresql://... (WEATHER_DATABASE_URL)"
@@ -93,6 +99,18 @@ def _check_database(settings: Any) -> None:
         raise StartupError(str(error)) from None
 
 
+def _check_model_and_archive(settings: Any) -> None:
+    """Read the checkpoint's configs and the archive's times once, so that a missing file, an
+    unreachable URL or an archive without the model's variables ends here, in one line."""
+    from service.catalog import Catalog, model_info
+    from weather.data.errors import ArchiveError
+
+    try:
+        Catalog(model_info(settings), settings.archive, storage_options=settings.storage_options)
+    except (ArchiveError, ValueError) as error:
+        raise StartupError(str(error)) from None
+
+
 def _fail(error: StartupError) -> int:
     for line in str(error).splitlines():
         print(f"weather: error: {line}", file=sys.stderr)
@@ -114,7 +132,11 @@ def with_embedded_archive(
     from weather.demo import EMBEDDED_ARCHIVE_DAYS, embedded_archive
 
     default = Settings.model_fields["archive"].default
-    if Path(settings.archive) != Path(default) or Path(settings.archive).exists():
+    if (
+        is_url(settings.archive)
+        or Path(settings.archive) != Path(default)
+        or Path(settings.archive).exists()
+    ):
         return settings
     logging.getLogger("service").info(
         "%s does not exist: serving the embedded archive (the test run's first days)",
@@ -153,6 +175,10 @@ def serve_command(args: argparse.Namespace) -> int:
         )
         return 2
     settings = with_embedded_archive(settings)
+    try:
+        _check_model_and_archive(settings)
+    except StartupError as error:
+        return _fail(error)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level
     )
@@ -171,6 +197,10 @@ def worker_command(args: argparse.Namespace) -> int:
     except StartupError as error:
         return _fail(error)
     settings = with_embedded_archive(settings)
+    try:
+        _check_model_and_archive(settings)
+    except StartupError as error:
+        return _fail(error)
     metrics = ServiceMetrics()
     if args.metrics_port is not None:
         from prometheus_client import start_http_server

@@ -43,9 +43,15 @@ class Settings(BaseSettings):
 
     # -- model and data --
     checkpoint: Path = Field(default=DEFAULT_CHECKPOINT, description="model checkpoint (msgpack)")
-    archive: Path = Field(
+    archive: str | Path = Field(
         default=DEFAULT_DATA_DIR / "era5sim" / "test.zarr",
-        description="analysis archive: initial conditions and the verifying truth of scores",
+        description="analysis archive: initial conditions and the verifying truth of scores; "
+        "a path or an fsspec URL (gs://, s3://, https://: read chunk by chunk)",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='fsspec options (JSON) for a URL archive, e.g. {"anon": true} for a '
+        "public S3 bucket; default: credentials from the environment",
     )
     data_dir: Path = Field(
         default=DEFAULT_DATA_DIR / "service",
@@ -151,6 +157,13 @@ class Settings(BaseSettings):
     compilation_cache_dir: Path | None = Field(
         default=None, description="JAX persistent compilation cache (restarts skip compiling)"
     )
+
+    @field_validator("archive", mode="after")
+    @classmethod
+    def _source(cls, value: str | Path) -> str | Path:
+        from weather.data.location import as_source
+
+        return as_source(value)
 
     @field_validator("api_keys", "batch_sizes", mode="before")
     @classmethod

@@ -212,7 +212,7 @@ class Worker:
             ),
             batch_sizes=tuple(s.batch_sizes),
         )
-        self.archive = open_archive(s.archive)
+        self.archive = open_archive(s.archive, storage_options=s.storage_options)
         self.static = static_channels(self.archive, fc)
 
     def _warm_up(self) -> None:

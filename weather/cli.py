@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from weather.data.location import as_source
+
 DEFAULT_DATA_DIR = Path("data")
 DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "checkpoint.msgpack"
 
@@ -110,7 +112,7 @@ def _add_stats(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "stats", help="normalisation statistics (mean, std, std of 12 h differences) of a period"
     )
-    p.add_argument("archive", type=Path)
+    p.add_argument("archive", type=as_source, help="a path or an fsspec URL")
     p.add_argument("--start", required=True, help="first time of the period (ISO 8601)")
     p.add_argument("--end", required=True, help="last time of the period (ISO 8601)")
     p.add_argument("--variables", help="comma-separated names (default: the archive's fields)")
@@ -129,6 +131,15 @@ def _stats(args: argparse.Namespace) -> int:
     save_statistics(stats, args.out)
     print(f"wrote {args.out}: {', '.join(names)} over {args.start} .. {args.end}")
     return 0
+
+
+def _storage_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options for URL archives, e.g. '{\"anon\": true}' (public S3) or "
+        '\'{"token": "anon"}\' (public GCS); default: credentials from the environment',
+    )
 
 
 def _sampler_option(p: argparse.ArgumentParser) -> None:
@@ -198,7 +209,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--train-archive",
-        type=Path,
+        type=as_source,
         nargs="+",
         default=[
             DEFAULT_DATA_DIR / "era5sim/train-1.zarr",
@@ -213,7 +224,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "fields into memory first (5.6 GB for ten years of 13 levels at 5.625 deg)",
     )
     p.add_argument("--train-period", help="START,END (default: the whole training archive)")
-    p.add_argument("--val-archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/val.zarr")
+    p.add_argument("--val-archive", type=as_source, default=DEFAULT_DATA_DIR / "era5sim/val.zarr")
+    _storage_option(p)
     p.add_argument("--val-period", help="START,END (default: the whole validation archive)")
     p.add_argument("--run-dir", type=Path, default=DEFAULT_DATA_DIR / "runs/default")
     p.add_argument(
@@ -307,6 +319,7 @@ _ARCH_OPTIONS = ("arch", "d_model", "layers", "heads", "patch", "unet_channels",
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from weather.data.location import exists, storage_options
     from weather.data.reader import load_in_place, open_archive, open_archives
     from weather.data.statistics import compute_statistics, load_statistics, save_statistics
     from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
@@ -334,9 +347,20 @@ def _train(args: argparse.Namespace) -> int:
     # Streaming reads random windows: dask chunks must be the store's own (one time each), as
     # "auto" chunks of ~1260 times make every batch of 8 windows read most of the archive
     # (measured on test.zarr: 4.9-6.6 s per batch against 0.23 s; benchmarks/data_windows.py).
-    train_ds = open_archives(args.train_archive, chunks={} if args.stream else "auto")
+    try:
+        options = storage_options(args.storage_options)
+    except ValueError as error:
+        print(f"error: --storage-options: {error}", file=sys.stderr)
+        return 2
+    train_ds = open_archives(
+        args.train_archive, chunks={} if args.stream else "auto", storage_options=options
+    )
     train_period = _period(args.train_period, train_ds)
-    val_ds = open_archive(args.val_archive) if args.val_archive.exists() else None
+    val_ds = (
+        open_archive(args.val_archive, storage_options=options)
+        if exists(args.val_archive)
+        else None
+    )
     val_period = _period(args.val_period, val_ds) if val_ds is not None else None
     if source is not None:
         source_model = ModelConfig.from_dict(source["configs"]["model"])
@@ -442,7 +466,13 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
         "(Zarr, dims member, init_time, lead_time, level, latitude, longitude).",
     )
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/test.zarr")
+    p.add_argument(
+        "--archive",
+        type=as_source,
+        default=DEFAULT_DATA_DIR / "era5sim/test.zarr",
+        help="analysis archive: a path or an fsspec URL (gs://, s3://, https://)",
+    )
+    _storage_option(p)
     p.add_argument("--init", required=True, help="initial time, ISO 8601 UTC")
     p.add_argument("--lead", default="15d", help="hours, '15d', '36h' or ISO 8601 (default 15d)")
     p.add_argument("--members", type=int, default=8)
@@ -462,6 +492,7 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
 def _forecast(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from weather.data.location import storage_options
     from weather.data.reader import open_archive
     from weather.forecast import forecast, load_forecaster, parse_lead
     from weather.model.rollout import RolloutConfig
@@ -484,9 +515,14 @@ def _forecast(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.update(done - bar.n)
 
+    try:
+        options = storage_options(args.storage_options)
+    except ValueError as error:
+        print(f"error: --storage-options: {error}", file=sys.stderr)
+        return 2
     ds = forecast(
         model,
-        open_archive(args.archive),
+        open_archive(args.archive, storage_options=options),
         init_time=args.init,
         lead=args.lead,
         members=args.members,
@@ -510,10 +546,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "print the skill table. Forecasts and scores land under --out-dir; rerunning resumes.",
     )
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--archive", type=Path, default=DEFAULT_DATA_DIR / "era5sim/test.zarr")
+    p.add_argument(
+        "--archive",
+        type=as_source,
+        default=DEFAULT_DATA_DIR / "era5sim/test.zarr",
+        help="analysis archive (inits and truth): a path or an fsspec URL",
+    )
+    _storage_option(p)
     p.add_argument(
         "--climatology-archive",
-        type=Path,
+        type=as_source,
         nargs="+",
         default=[
             DEFAULT_DATA_DIR / "era5sim/train-1.zarr",
@@ -546,6 +588,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from weather.data.location import storage_options
     from weather.data.reader import open_archive, open_archives
     from weather.evaluate import (
         EvaluationConfig,
@@ -586,13 +629,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         check_settings(config, args.checkpoint)
     except ValueError as error:
         raise SystemExit(f"weather: error: {error}") from None
-    archive = open_archive(args.archive)
+    try:
+        options = storage_options(args.storage_options)
+    except ValueError as error:
+        print(f"error: --storage-options: {error}", file=sys.stderr)
+        return 2
+    archive = open_archive(args.archive, storage_options=options)
     history = history_hours_needed(names, args.members, method=args.physics_method)
     inits = spaced_inits(
         archive, args.inits, args.spacing_days, lead_hours, args.first, history_hours=history
     )
     say = None if args.quiet else (lambda text: print(text, flush=True))
-    clim = open_archives(args.climatology_archive) if "climatology" in names else None
+    clim = (
+        open_archives(args.climatology_archive, storage_options=options)
+        if "climatology" in names
+        else None
+    )
     baselines = {**standard_baselines(clim), **physics_baselines(method=args.physics_method)}
     for name in names:
         if name == "model":
@@ -683,8 +735,13 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         "larger than memory scores on one machine; --scheduler runs the same computation on a "
         "Dask cluster.",
     )
-    p.add_argument("--forecast", type=Path, required=True, help="forecast Zarr store")
-    p.add_argument("--truth", type=Path, required=True, help="analysis archive (Zarr/NetCDF)")
+    p.add_argument(
+        "--forecast", type=as_source, required=True, help="forecast Zarr store (path or URL)"
+    )
+    p.add_argument(
+        "--truth", type=as_source, required=True, help="analysis archive (Zarr/NetCDF, path or URL)"
+    )
+    _storage_option(p)
     p.add_argument("--out", type=Path, required=True, help="scores file (.nc or .zarr)")
     p.add_argument(
         "--metrics",
@@ -696,8 +753,14 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
+    from weather.data.location import storage_options
     from weather.scoring.batch import score_to_file
 
+    try:
+        options = storage_options(args.storage_options)
+    except ValueError as error:
+        print(f"error: --storage-options: {error}", file=sys.stderr)
+        return 2
     score_to_file(
         args.forecast,
         args.truth,
@@ -705,6 +768,7 @@ def _score(args: argparse.Namespace) -> int:
         args.scheduler,
         metrics=tuple(args.metrics.split(",")),
         progress=not args.quiet,
+        storage_options=options,
     )
     print(f"wrote {args.out}")
     return 0

@@ -33,7 +33,7 @@ from weather.data.times import TimeLike, to_datetime64
 from weather.model.checkpoint import load_checkpoint
 from weather.model.denoiser import Forecaster, ModelConfig
 from weather.model.rollout import Roller, RolloutConfig
-from weather.model.task import Normalization, channels_to_state, state_to_channels
+from weather.model.task import Normalization, TaskConfig, channels_to_state, state_to_channels
 from weather.model.train import static_channels
 
 STEP = np.timedelta64(12, "h")
@@ -140,6 +140,35 @@ def _hours(hours: float | int, shown: str) -> np.timedelta64:
     return np.timedelta64(round(value * 3600), "s").astype("timedelta64[ns]")
 
 
+def check_archive_fits(
+    task: TaskConfig, latitude: np.ndarray, longitude: np.ndarray, archive: xr.Dataset
+) -> None:
+    """Raise `ArchiveError` naming what a model needs and a canonical archive lacks: variables
+    (all of them, with what the archive has), pressure levels, or its grid."""
+    needed = (*task.level_variables, *task.surface_variables, *task.static_variables)
+    missing = [name for name in needed if name not in archive]
+    if missing:
+        raise ArchiveError(
+            f"variables {missing} are missing from the archive; the model needs them (the "
+            f"archive has {sorted(map(str, archive.data_vars))})"
+        )
+    for coord, mine in (("latitude", latitude), ("longitude", longitude)):
+        theirs = archive[coord].values
+        if theirs.shape != mine.shape or not np.allclose(theirs, mine, atol=1e-6):
+            raise ArchiveError(
+                f"coordinate {coord!r}: the archive's grid ({theirs.size} points) is not the "
+                f"model's ({mine.size} points)"
+            )
+    if task.level_variables:
+        have = {int(x) for x in archive["level"].values} if "level" in archive.coords else set()
+        missing_levels = sorted(set(task.levels) - have)
+        if missing_levels:
+            raise ArchiveError(
+                f"coordinate 'level' lacks {missing_levels} hPa, which the model needs; the "
+                f"archive has {sorted(have)}"
+            )
+
+
 def initial_states(
     archive: xr.Dataset, forecaster: Forecaster, init_time: TimeLike
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,22 +181,7 @@ def initial_states(
     """
     task = forecaster.task
     t = to_datetime64(init_time, "init_time")
-    for name in (*task.level_variables, *task.surface_variables, *task.static_variables):
-        if name not in archive:
-            raise ArchiveError(f"variable {name!r} is missing from the archive; the model needs it")
-    for coord, mine in (("latitude", forecaster.latitude), ("longitude", forecaster.longitude)):
-        theirs = archive[coord].values
-        if theirs.shape != mine.shape or not np.allclose(theirs, mine, atol=1e-6):
-            raise ArchiveError(
-                f"coordinate {coord!r}: the archive's grid ({theirs.size} points) is not the "
-                f"model's ({mine.size} points)"
-            )
-    missing_levels = sorted(set(task.levels) - {int(x) for x in archive["level"].values})
-    if task.level_variables and missing_levels:
-        raise ArchiveError(
-            f"coordinate 'level' lacks {missing_levels} hPa, which the model needs; the archive "
-            f"has {[int(x) for x in archive['level'].values]}"
-        )
+    check_archive_fits(task, forecaster.latitude, forecaster.longitude, archive)
     times = archive["time"].values
     for needed in (t - STEP, t):
         if needed not in times:

@@ -22,7 +22,7 @@ dims. Metrics (all latitude-area weighted means over the globe, then over init t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from weather.data.errors import ArchiveError
+from weather.data.location import is_url
 from weather.data.reader import open_archive
 from weather.scoring import metrics as m
 
@@ -133,6 +134,7 @@ def score_to_file(
     variables: Sequence[str] | None = None,
     over_init_time: bool = True,
     progress: bool = True,
+    storage_options: Mapping[str, object] | None = None,
 ) -> xr.Dataset:
     """Score a Zarr forecast archive against a Zarr (or NetCDF) analysis archive into a file.
 
@@ -142,13 +144,14 @@ def score_to_file(
     a ``.nc`` name, Zarr (format 3) for ``.zarr``.
 
     Args:
-      forecast_path: a Zarr store in the layout of `weather.forecast`.
-      truth_path: a canonical analysis archive (anything `open_archive` reads).
+      forecast_path: a Zarr store in the layout of `weather.forecast` (a path or fsspec URL).
+      truth_path: a canonical analysis archive (anything `open_archive` reads, URLs too).
       out_path: where to write; must not exist.
       client_address: a ``dask.distributed`` scheduler address (``"tcp://host:8786"``) to
         compute on; the local threaded scheduler when None.
       metrics, variables, over_init_time: as for `score_archive`.
       progress: show a progress bar.
+      storage_options: for the fsspec filesystems of URL sources (both archives).
 
     Returns:
       The computed scores (as written).
@@ -158,8 +161,8 @@ def score_to_file(
         raise ValueError(f"out_path: {out} must end in .nc (NetCDF) or .zarr (Zarr)")
     if out.exists():
         raise FileExistsError(f"out_path: {out} exists; scores never overwrite a file")
-    forecast = _open_forecast(Path(forecast_path))
-    truth = open_archive(truth_path)
+    forecast = _open_forecast(forecast_path, storage_options)
+    truth = open_archive(truth_path, storage_options=storage_options)
     lazy = score_archive(
         forecast, truth, metrics, variables=variables, over_init_time=over_init_time
     )
@@ -171,10 +174,23 @@ def score_to_file(
     return scores
 
 
-def _open_forecast(path: Path) -> xr.Dataset:
+def _open_forecast(source: Any, storage_options: Mapping[str, object] | None) -> xr.Dataset:
+    kw: dict[str, Any] = {"chunks": FORECAST_CHUNKS, "decode_timedelta": True}
+    if is_url(source):
+        options = dict(storage_options or {}) or None
+        try:
+            try:
+                return xr.open_zarr(str(source), consolidated=True, storage_options=options, **kw)
+            except (KeyError, ValueError):
+                return xr.open_zarr(str(source), consolidated=False, storage_options=options, **kw)
+        except Exception as error:
+            raise ArchiveError(
+                f"forecast archive {source!r} cannot be read as Zarr: {type(error).__name__}: "
+                f"{error}"
+            ) from None
+    path = Path(source)
     if not path.exists():
         raise ArchiveError(f"forecast archive {str(path)!r} does not exist")
-    kw: dict[str, Any] = {"chunks": FORECAST_CHUNKS, "decode_timedelta": True}
     # Consolidated metadata first, then without: consolidated=None warns on stores without it.
     try:
         return xr.open_zarr(path, consolidated=True, **kw)
