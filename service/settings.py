@@ -105,7 +105,13 @@ class Settings(BaseSettings):
     )
     batch_sizes: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: [8, 16, 32],
-        description="padded batch sizes of one sampling call (members of all jobs together)",
+        description="padded batch sizes of one sampling call (members of all jobs together), "
+        "per device",
+    )
+    devices: str | None = Field(
+        default=None,
+        description="devices a worker shards each call's members over: a count or 'all' "
+        "(default: one); the batch sizes are per device",
     )
     chunk_steps: int = Field(
         default=1, ge=1, le=30, description="12 h steps per sampling call (leads written per call)"
@@ -199,6 +205,16 @@ class Settings(BaseSettings):
 
         parse_sampler(text, SamplerConfig())  # the syntax and the values, against the defaults
         return text.strip()
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = str(value).strip().lower()
+        if text != "all" and not (text.isdigit() and int(text) >= 1):
+            raise ValueError(f"devices: {value!r} is not a count >= 1 or 'all'")
+        return text
 
     @field_validator("database_schema")
     @classmethod

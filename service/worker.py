@@ -189,7 +189,7 @@ class Worker:
 
         from weather.data.reader import open_archive
         from weather.forecast import load_forecaster
-        from weather.model.rollout import BatchRoller, RolloutConfig
+        from weather.model.rollout import BatchRoller, RolloutConfig, mesh_for
         from weather.model.sampler import parse_sampler
         from weather.model.train import static_channels
 
@@ -203,6 +203,8 @@ class Worker:
         sampler = fc.config.sampler
         if s.sampler_spec is not None:
             sampler = parse_sampler(s.sampler_spec, sampler)
+        mesh = mesh_for(s.devices)
+        per_call = 1 if mesh is None else mesh.devices.size
         self.roller = BatchRoller(
             fc,
             RolloutConfig(
@@ -210,7 +212,9 @@ class Worker:
                 initial_perturbation=s.initial_perturbation,
                 sampler=sampler,
             ),
-            batch_sizes=tuple(s.batch_sizes),
+            mesh=mesh,
+            # Batch sizes are per device: each device samples its share of every call.
+            batch_sizes=tuple(b * per_call for b in s.batch_sizes),
         )
         self.archive = open_archive(s.archive, storage_options=s.storage_options)
         self.static = static_channels(self.archive, fc)

@@ -480,6 +480,11 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
     _sampler_option(p)
     p.add_argument("--chunk-steps", type=int, default=5, help="12 h steps per compiled chunk")
     p.add_argument(
+        "--devices",
+        default=None,
+        help="shard the members over N devices or 'all' (default: one device)",
+    )
+    p.add_argument(
         "--perturb",
         type=float,
         default=0.0,
@@ -495,7 +500,7 @@ def _forecast(args: argparse.Namespace) -> int:
     from weather.data.location import storage_options
     from weather.data.reader import open_archive
     from weather.forecast import forecast, load_forecaster, parse_lead
-    from weather.model.rollout import RolloutConfig
+    from weather.model.rollout import Roller, RolloutConfig, mesh_for
 
     model = load_forecaster(args.checkpoint)
     sampler = model.forecaster.config.sampler
@@ -504,6 +509,12 @@ def _forecast(args: argparse.Namespace) -> int:
     rollout = RolloutConfig(
         chunk_steps=args.chunk_steps, initial_perturbation=args.perturb, sampler=sampler
     )
+    try:
+        mesh = mesh_for(args.devices)
+    except ValueError as error:
+        print(f"error: --devices: {error}", file=sys.stderr)
+        return 2
+    roller = Roller(model.forecaster, rollout, mesh=mesh)
     steps = int(parse_lead(args.lead) // np.timedelta64(12, "h"))
     bar = None
     if not args.quiet:
@@ -527,7 +538,7 @@ def _forecast(args: argparse.Namespace) -> int:
         lead=args.lead,
         members=args.members,
         seed=args.seed,
-        rollout=rollout,
+        roller=roller,
         out=args.out,
         on_chunk=on_chunk,
     )

@@ -145,6 +145,12 @@ class Roller:
         """
         fc = self.forecaster
         index = np.arange(members) if isinstance(members, int) else np.asarray(members)
+        wanted = index.size
+        if self.mesh is not None and index.size % self.mesh.devices.size:
+            # Members are split evenly over the devices: pad with members of further indices
+            # (their keys are their own, so no real member changes), dropped from the output.
+            extra = self.mesh.devices.size - index.size % self.mesh.devices.size
+            index = np.concatenate([index, index.max() + 1 + np.arange(extra)])
         keys = self._shard(member_keys(seed, index))
         pert_prev = self.perturb(seed, index, previous)
         # The same perturbation on both input states keeps their 12 h tendency intact.
@@ -162,13 +168,45 @@ class Roller:
                 params, keys, prev, cur, jnp.uint32(lo), jnp.asarray(forc), static_n
             )
             host = np.asarray(jax.device_get(out))  # [k, M, H, W, C]
-            yield lo, host[: min(k, steps - lo)]
+            yield lo, host[: min(k, steps - lo), :wanted]
 
 
 def member_mesh(devices: list[Any] | None = None) -> Mesh:
     """A 1-D mesh over the given (default: all) devices with axis ``member``."""
     devs = np.asarray(devices if devices is not None else jax.devices())
     return Mesh(devs, ("member",))
+
+
+def select_devices(spec: int | str | None) -> list[Any]:
+    """The devices to shard over: ``"all"``, a count N (the first N), or None (one device).
+
+    Raises:
+      ValueError: naming the request and how many devices this process sees.
+    """
+    available = jax.devices()
+    if spec is None:
+        return available[:1]
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text == "all":
+            return list(available)
+        try:
+            spec = int(text)
+        except ValueError:
+            raise ValueError(f"devices: {spec!r} is not a count or 'all'") from None
+    if spec < 1 or spec > len(available):
+        raise ValueError(
+            f"devices: asked for {spec}, this process sees {len(available)} "
+            f"({available[0].platform}); on a CPU, XLA_FLAGS="
+            "--xla_force_host_platform_device_count=N makes N"
+        )
+    return list(available[:spec])
+
+
+def mesh_for(spec: int | str | None) -> Mesh | None:
+    """`member_mesh` over `select_devices(spec)`, or None for a single device."""
+    devices = select_devices(spec)
+    return member_mesh(devices) if len(devices) > 1 else None
 
 
 class BatchRoller(Roller):
