@@ -289,7 +289,42 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="stop after this many minutes of this call (checkpointed; run again to resume)",
     )
     p.add_argument("--compute-dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="data parallel: split each batch over N devices or 'all' (default: one device); "
+        "the batch size must be a multiple of their number",
+    )
+    p.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="several hosts: jax.distributed's coordinator (process 0's address); with "
+        "--num-processes and --process-id, then --devices all spans every host's devices",
+    )
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
+
+
+def _distributed(args: argparse.Namespace) -> str | None:
+    """Join a multi-host run when --coordinator is given; an error message, or None."""
+    if args.coordinator is None:
+        if args.num_processes is not None or args.process_id is not None:
+            return "--num-processes and --process-id need --coordinator"
+        return None
+    if args.num_processes is None or args.process_id is None:
+        return "--coordinator needs --num-processes and --process-id"
+    if not 0 <= args.process_id < args.num_processes:
+        return f"--process-id: {args.process_id} is not in [0, {args.num_processes})"
+    import jax
+
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
+    return None
 
 
 def _period(text: str | None, ds: Any) -> tuple[Any, Any]:
@@ -326,8 +361,24 @@ def _train(args: argparse.Namespace) -> int:
     from weather.model.checkpoint import load_checkpoint
     from weather.model.denoiser import ModelConfig
     from weather.model.task import Normalization, TaskConfig
-    from weather.model.train import TrainConfig, train
+    from weather.model.train import TrainConfig, data_mesh, train
 
+    problem = _distributed(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        mesh = data_mesh(args.devices)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if mesh is not None and args.batch_size % mesh.devices.size:
+        print(
+            f"error: --batch-size: {args.batch_size} does not split evenly over "
+            f"{mesh.devices.size} devices",
+            file=sys.stderr,
+        )
+        return 2
     source = None
     if args.init_from is not None:
         given = [f"--{n.replace('_', '-')}" for n in _ARCH_OPTIONS if getattr(args, n) is not None]
@@ -447,6 +498,7 @@ def _train(args: argparse.Namespace) -> int:
         stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
         init_params=None if source is None else source["params"],
         normalization=None if source is None else Normalization.from_dict(source["normalization"]),
+        mesh=mesh,
         metadata={
             "train_archive": sources,
             "train_period": [str(x) for x in train_period],
@@ -512,7 +564,7 @@ def _forecast(args: argparse.Namespace) -> int:
     try:
         mesh = mesh_for(args.devices)
     except ValueError as error:
-        print(f"error: --devices: {error}", file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 2
     roller = Roller(model.forecaster, rollout, mesh=mesh)
     steps = int(parse_lead(args.lead) // np.timedelta64(12, "h"))

@@ -6,6 +6,13 @@
 order and the random keys are functions of the step (`fold_in(key, step)`, epoch/batch from the
 step), so a resumed run continues exactly as an uninterrupted one. Losses go to
 `<run>/history.jsonl` (one JSON line per logged step) and `<run>/loss.png`.
+
+Data parallel: given a `mesh` (`data_mesh`), the parameters, EMA and optimiser state are
+replicated on every device and each batch is split along its first axis; XLA inserts the
+gradients' all-reduce, so the step is the one-device step on the same batch up to the order of
+float32 sums. Across hosts (`jax.distributed`) every process draws the same global batch (the
+order is a function of the seed and step) and places only its own devices' rows; process 0
+alone writes files.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import numpy as np
 import optax
 import xarray as xr
 from flax import serialization
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from weather.data.windows import Batch, Prefetcher, WindowConfig, Windows
 from weather.model.checkpoint import load_checkpoint, save_checkpoint
@@ -192,10 +201,43 @@ def static_channels(dataset: xr.Dataset, forecaster: Forecaster) -> np.ndarray:
     return np.stack(fields, axis=-1) if fields else np.zeros((*forecaster.shape[:2], 0), np.float32)
 
 
-def make_train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any]:
+def data_mesh(devices: int | str | None) -> Mesh | None:
+    """A one-axis ("data") mesh over `select_devices(devices)`, or None for one device.
+
+    Raises:
+      ValueError: the request and how many devices this process sees.
+    """
+    from weather.model.rollout import select_devices
+
+    chosen = select_devices(devices)
+    return Mesh(np.asarray(chosen), ("data",)) if len(chosen) > 1 else None
+
+
+def _placement(mesh: Mesh | None) -> tuple[Callable[[Any], Any], Callable[[np.ndarray], Any]]:
+    """(replicate a pytree, split an array's first axis) over the mesh; plain copies without."""
+    if mesh is None:
+        return jax.device_put, jax.device_put
+    whole = NamedSharding(mesh, P())
+    rows = NamedSharding(mesh, P("data"))
+
+    def replicate(tree: Any) -> Any:
+        return jax.device_put(tree, whole)
+
+    def split(array: np.ndarray) -> Any:
+        # From the host array every process holds: each places only its own devices' rows.
+        array = np.asarray(array)
+        return jax.make_array_from_callback(array.shape, rows, lambda index: array[index])
+
+    return replicate, split
+
+
+def make_train_step(
+    forecaster: Forecaster, config: TrainConfig, mesh: Mesh | None = None
+) -> Callable[..., Any]:
     """`train_step` of the forecaster, compiled, donating the parameter, EMA and optimiser
-    buffers."""
-    return jax.jit(train_step(forecaster, config), donate_argnums=(0, 1, 2))
+    buffers; over a `mesh` its outputs stay replicated (the batch comes split)."""
+    out = None if mesh is None else NamedSharding(mesh, P())
+    return jax.jit(train_step(forecaster, config), donate_argnums=(0, 1, 2), out_shardings=out)
 
 
 def train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any]:
@@ -249,11 +291,13 @@ def _setup(
     norm: Normalization,
     lat: np.ndarray,
     lon: np.ndarray,
+    mesh: Mesh | None = None,
 ) -> tuple[Forecaster, Callable[..., Any]]:
     """The forecaster and its compiled step, reused by runs with the same setup (tests, resume)."""
     key = (
         model_config,
         train_config,
+        mesh,
         tuple(np.asarray(v).tobytes() for v in norm.to_dict().values()),
         np.asarray(lat).tobytes(),
         np.asarray(lon).tobytes(),
@@ -262,12 +306,16 @@ def _setup(
         if len(_SETUPS) > 4:
             _SETUPS.clear()
         forecaster = Forecaster(model_config, norm, lat, lon)
-        _SETUPS[key] = (forecaster, make_train_step(forecaster, train_config))
+        _SETUPS[key] = (forecaster, make_train_step(forecaster, train_config, mesh))
     return _SETUPS[key]
 
 
 def device_batches(
-    windows: Windows, forecaster: Forecaster, first_step: int, prefetch: int
+    windows: Windows,
+    forecaster: Forecaster,
+    first_step: int,
+    prefetch: int,
+    place: Callable[[np.ndarray], Any] = jax.device_put,
 ) -> Iterator[dict[str, jax.Array]]:
     """The step's device arrays (`batch_arrays`) of every batch from `first_step` on, forever.
 
@@ -276,7 +324,8 @@ def device_batches(
     thread, so the training loop waits in ``next()`` only when the loader falls behind. Done in
     the loop, the stacking and copying alone took 2.6% of the loop's time (U-Net of the shipped
     checkpoint, batch 8, two CPU cores, reading prefetched); here the wait is 0.02%
-    (``benchmarks/data_windows.py``). The caller closes a `Prefetcher` it gets back.
+    (``benchmarks/data_windows.py``). The caller closes a `Prefetcher` it gets back. `place`
+    puts each host array on the device(s) (split over a mesh's devices in data-parallel runs).
     """
     per_epoch = windows.batches_per_epoch
     if per_epoch < 1:
@@ -287,7 +336,8 @@ def device_batches(
         while True:
             epoch, index = divmod(step, per_epoch)
             for rows in windows.epoch_batches(epoch)[index:]:
-                yield jax.device_put(batch_arrays(windows.load(rows), forecaster))
+                arrays = batch_arrays(windows.load(rows), forecaster)
+                yield {name: place(value) for name, value in arrays.items()}
                 step += 1
 
     return Prefetcher(gen(), depth=prefetch) if prefetch else gen()
@@ -309,6 +359,7 @@ def train(
     stop_after_seconds: float | None = None,
     init_params: Any | None = None,
     normalization: Normalization | None = None,
+    mesh: Mesh | None = None,
 ) -> Path:
     """Train (or resume) a forecaster; returns the checkpoint path.
 
@@ -329,6 +380,9 @@ def train(
         start there, the optimiser afresh); ignored when the run directory resumes.
       normalization: per-channel scales to use instead of those of `statistics` (a warm start
         keeps its source's, so that the parameters mean what they meant).
+      mesh: train data-parallel over this mesh's devices (`data_mesh`): the batch size must be a
+        multiple of their number. Not part of the run's configs: a run may resume on other
+        devices.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -337,7 +391,14 @@ def train(
     norm = normalization or Normalization.from_statistics(task, statistics)
     lat = train_data["latitude"].values
     lon = train_data["longitude"].values
-    forecaster, step_fn = _setup(model_config, train_config, norm, lat, lon)
+    if mesh is not None and train_config.batch_size % mesh.devices.size:
+        raise ValueError(
+            f"batch_size: {train_config.batch_size} does not split evenly over "
+            f"{mesh.devices.size} devices"
+        )
+    replicate, split = _placement(mesh)
+    writer = jax.process_index() == 0  # across hosts, one process writes
+    forecaster, step_fn = _setup(model_config, train_config, norm, lat, lon, mesh)
     configs = {
         "model": model_config.to_dict(),
         "train": dataclasses.asdict(train_config),
@@ -372,20 +433,33 @@ def train(
         )
         history = saved["metadata"].get("history", [])
         elapsed = float(saved["metadata"].get("train_seconds", 0.0))
+    state = TrainState(
+        params=replicate(state.params),
+        ema=replicate(state.ema),
+        opt_state=replicate(state.opt_state),
+        step=state.step,
+    )
     static = jnp.asarray(static_channels(train_data, forecaster))
-    static_n = forecaster.normalize_static(static)
+    static_n = replicate(forecaster.normalize_static(static))
     windows = task_windows(
         train_data, task, train_period, train_config.batch_size, seed=train_config.seed
     )
-    val_eval = _validation(forecaster, train_config, validation_data, validation_period, static_n)
+    val_eval = _validation(
+        forecaster, train_config, validation_data, validation_period, static_n, split
+    )
 
     def save() -> None:
+        if not writer:
+            return
         meta = dict(metadata or {})
         meta.update(
             history=history,
             train_seconds=elapsed,
             parameters=forecaster.count_params(state.params),
             statistics=dict(statistics.attrs),
+            # Of the latest sitting: a run may resume on other devices.
+            devices=1 if mesh is None else int(mesh.devices.size),
+            processes=jax.process_count(),
         )
         save_checkpoint(
             ckpt_path,
@@ -405,7 +479,7 @@ def train(
         from tqdm import tqdm
 
         bar = tqdm(total=train_config.steps, initial=state.step, desc="train", unit="step")
-    batches = device_batches(windows, forecaster, state.step, train_config.prefetch)
+    batches = device_batches(windows, forecaster, state.step, train_config.prefetch, split)
     losses: list[float] = []
     done_here = 0
     started = wallclock.perf_counter()
@@ -451,11 +525,16 @@ def train(
                 ):
                     entry.update(val_eval(state.ema))
                 history.append(entry)
-                with open(run / "history.jsonl", "a") as f:
-                    f.write(json.dumps(entry) + "\n")
+                if writer:
+                    with open(run / "history.jsonl", "a") as f:
+                        f.write(json.dumps(entry) + "\n")
             if state.step % train_config.checkpoint_every == 0 or state.step == train_config.steps:
                 save()
-            if train_config.snapshot_every and state.step % train_config.snapshot_every == 0:
+            if (
+                writer
+                and train_config.snapshot_every
+                and state.step % train_config.snapshot_every == 0
+            ):
                 save_snapshot(run, state.step, configs, norm, state.ema, elapsed)
     finally:
         if bar is not None:
@@ -464,7 +543,8 @@ def train(
             batches.close()
     if state.step == train_config.steps or done_here:
         save()
-        plot_history(history, run / "loss.png")
+        if writer:
+            plot_history(history, run / "loss.png")
     return ckpt_path
 
 
@@ -504,6 +584,7 @@ def _validation(
     data: xr.Dataset | None,
     period: tuple[Any, Any] | None,
     static_n: jnp.ndarray,
+    place: Callable[[np.ndarray], Any] = jax.device_put,
 ) -> Callable[[Any], dict[str, float]] | None:
     """A deterministic validation function of the parameters (fixed windows and noise).
 
@@ -517,7 +598,10 @@ def _validation(
     # Evenly spaced windows through the period (its seasons), not just its start.
     order = windows.epoch_batches(0)
     picks = np.linspace(0, len(order) - 1, min(config.validation_batches, len(order))).astype(int)
-    batches = [batch_arrays(windows.load(order[i]), forecaster) for i in picks]
+    batches = [
+        {k: place(v) for k, v in batch_arrays(windows.load(order[i]), forecaster).items()}
+        for i in picks
+    ]
     key = jax.random.PRNGKey(987654321)
     loss_fn = forecaster.jitted_loss
 
