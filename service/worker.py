@@ -447,9 +447,18 @@ class Worker:
             now=now,
             expires_at=now + self.settings.result_ttl_hours * 3600,
         ):
+            log.info("job %s succeeded on worker %s", lane.job.id, self.id)
             self.metrics.job_duration.observe(now - lane.job.created_at)
             self.metrics.job_run.observe(now - lane.claimed)
             self._published()
+        else:
+            # Claimed again by another worker after this one missed its heartbeats: that
+            # worker's finish is the one that counts.
+            log.warning(
+                "job %s: no longer held by worker %s; its end is left to the holder",
+                lane.job.id,
+                self.id,
+            )
 
     def _published(self) -> None:
         if self.on_metrics is None:
