@@ -168,3 +168,14 @@ def statistics(archive):  # type: ignore[no-untyped-def]
     return compute_statistics(
         archive, names, start=archive.time.values[0], end=archive.time.values[-1]
     )
+
+
+EPS = float(np.finfo(np.float32).eps)  # 1.19e-7: one unit in the last place at 1.0
+
+
+def assert_close_per_channel(got: np.ndarray, want: np.ndarray, ulps: float, what: str) -> None:
+    """|got - want| <= ulps * EPS * max|want_c| in every channel c (last axis)."""
+    scale = np.abs(want).reshape(-1, want.shape[-1]).max(axis=0)
+    worst = np.abs(got - want).reshape(-1, want.shape[-1]).max(axis=0)
+    bad = worst > ulps * EPS * scale
+    assert not bad.any(), f"{what}: channels {np.flatnonzero(bad)} off by {worst / scale} x max"

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_model_config
+from conftest import assert_close_per_channel, tiny_model_config
 
 from weather.model.denoiser import Forecaster, ModelConfig
 from weather.model.rollout import Roller, RolloutConfig
@@ -77,23 +77,11 @@ def test_member_is_the_same_whatever_the_ensemble_size(model):
     roller = Roller(fc, RolloutConfig(chunk_steps=3))
     four = run(roller, params, prev, cur, static, members=4)
     eight = run(roller, params, prev, cur, static, members=8)
-    # Batched matmuls may round differently for other batch sizes; the draws are identical.
-    np.testing.assert_allclose(four, eight[:, :4], rtol=1e-4, atol=1e-4 * np.abs(four).max())
+    # Batched matmuls may round differently for other batch sizes (measured: bit-identical
+    # here); the draws are identical. Per channel, 16 ulps of its magnitude per step.
+    assert_close_per_channel(four, eight[:, :4], 16 * 3, "4 against 8 members")
     alone = run(roller, params, prev, cur, static, members=np.array([3]))
-    np.testing.assert_allclose(alone[:, 0], eight[:, 3], rtol=1e-4, atol=1e-4 * np.abs(four).max())
-
-
-def test_initial_perturbations_spread_the_members_but_not_the_mean(model):
-    fc, _, _, cur, _ = model
-    roller = Roller(fc, RolloutConfig(chunk_steps=1, initial_perturbation=0.5))
-    x = np.asarray(roller.perturb(0, np.arange(64), cur))
-    spread = x.std(axis=0).mean(axis=(0, 1)) / fc.normalization.diff_std
-    np.testing.assert_allclose(spread, 0.5, rtol=0.2)
-    np.testing.assert_allclose(
-        x.mean(axis=0),
-        np.broadcast_to(cur, x.shape[1:]),
-        atol=float(0.6 * fc.normalization.diff_std.max()),
-    )
+    assert_close_per_channel(alone[:, 0], eight[:, 3], 16 * 3, "member 3 alone")
 
 
 def test_thirty_steps_stay_finite(model):
@@ -120,7 +108,9 @@ fc, params, prev, cur, static = setup(archive, stats)
 plain = run(Roller(fc, RolloutConfig(chunk_steps=2)), params, prev, cur, static, members=8)
 sharded_roller = Roller(fc, RolloutConfig(chunk_steps=2), mesh=member_mesh())
 sharded = run(sharded_roller, params, prev, cur, static, members=8)
-np.testing.assert_allclose(sharded, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+from conftest import assert_close_per_channel
+# Four devices sum each member's batch of 2 instead of 8: ulps per step per channel.
+assert_close_per_channel(sharded, plain, 16 * 3, "sharded")
 print("OK", np.abs(sharded - plain).max())
 """
 

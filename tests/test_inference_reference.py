@@ -1,0 +1,183 @@
+"""The inference path against reference answers: `sample_step` with a denoiser of known output,
+the rollout against a hand-written loop of `sample_step` calls, invariance under `chunk_steps`
+and batch padding, and `BatchRoller.advance` with forecasts joining and leaving the batch.
+
+Tolerances are per channel, in units of float32 rounding of that channel's values
+(``EPS * max |x_c|``), so a mistake in any one variable (temperature ~1e2, winds ~1e1, surface
+pressure ~1e5) shows; one tolerance for all channels would be set by surface pressure and could
+not see an error in the others.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import EPS, assert_close_per_channel
+from test_rollout import run, setup
+
+from weather.model.rollout import BatchRoller, Roller, RolloutConfig, member_keys
+from weather.model.sampler import parse_sampler
+from weather.model.task import forcing_channels
+
+INIT = np.datetime64("2001-01-01T06", "ns")
+STEP = np.timedelta64(12, "h")
+
+
+@pytest.fixture(scope="module")
+def model(archive, statistics):  # type: ignore[no-untyped-def]
+    return setup(archive, statistics)
+
+
+def _forcings(times: np.ndarray, fc) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Forcings of steps starting at ``times`` ``[k]``: ``[k, H, W, 8]``."""
+    pairs = np.stack([times, times + STEP], axis=-1)
+    return forcing_channels(pairs, fc.longitude, fc.latitude.size)
+
+
+@pytest.mark.parametrize("spec", [None, "2s:20,spread_scale=1", "2m:6", "2s:4,s_churn=2"])
+def test_sample_step_turns_a_known_denoiser_output_into_the_physical_state(model, spec):
+    """Whatever the sampler, a denoiser that always answers r (normalised residual) makes the
+    last step, which lands on sigma = 0, return r; the state is then current + r * diff_std
+    in each channel's own units (the std of 12 h differences, not the state's std)."""
+    fc, params, prev, cur, static = model
+    sampler = None if spec is None else parse_sampler(spec, fc.config.sampler)
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(3, 1, 1, fc.task.n_state)).astype(np.float32)  # per member, channel
+    fc_stub = type(fc).__new__(type(fc))
+    fc_stub.__dict__.update(fc.__dict__)
+    fc_stub.denoise = lambda p, x, sigma, cond: jnp.broadcast_to(jnp.asarray(r), x.shape)
+    m = 3
+    out = fc_stub.sample_step(
+        params,
+        member_keys(0, np.arange(m)),
+        jnp.broadcast_to(prev, (m, *fc.shape)),
+        jnp.broadcast_to(cur, (m, *fc.shape)),
+        _forcings(np.array([INIT]), fc)[0],
+        fc.normalize_static(static),
+        sampler,
+    )
+    want = cur + r * fc.normalization.diff_std
+    # One multiply and one add in float32: at most one rounding each (2 ulps; measured 0).
+    assert_close_per_channel(np.asarray(out), want, 2, "sample_step")
+    # The stds are not interchangeable: the state's std would put the output elsewhere.
+    wrong = cur + r * fc.normalization.std
+    assert np.abs(np.asarray(out) - wrong).max() > 1e3 * EPS * np.abs(wrong).max()
+
+
+def test_the_rollout_is_a_loop_of_sample_steps(model):
+    """Roller.run equals calling sample_step step by step with member m's key folded with
+    the step, the forcings of each step's times, and the previous two states."""
+    fc, params, prev, cur, static = model
+    members, steps, seed = 3, 4, 5
+    got = run(
+        Roller(fc, RolloutConfig(chunk_steps=3)),
+        params,
+        prev,
+        cur,
+        static,
+        members,
+        steps=steps,
+        seed=seed,
+    )
+    keys = member_keys(seed, np.arange(members))
+    step_fn = jax.jit(fc.sample_step)
+    static_n = fc.normalize_static(jnp.asarray(static, jnp.float32))
+    a = jnp.broadcast_to(jnp.asarray(prev), (members, *fc.shape))
+    b = jnp.broadcast_to(jnp.asarray(cur), (members, *fc.shape))
+    want = []
+    for s in range(steps):
+        step_keys = jax.vmap(lambda k, s=s: jax.random.fold_in(k, s))(keys)
+        forc = _forcings(np.array([INIT + s * STEP]), fc)[0]
+        a, b = b, step_fn(params, step_keys, a, b, forc, static_n)
+        want.append(np.asarray(b))
+    # The scanned chunk and the separate calls are compiled apart: rounding may differ by a
+    # few ulps per step and grows through the steps (measured: 0 on this CPU).
+    assert_close_per_channel(got, np.stack(want), 16 * steps, "rollout vs loop")
+
+
+def test_chunk_steps_do_not_change_the_forecast(model):
+    fc, params, prev, cur, static = model
+    runs = {
+        k: run(Roller(fc, RolloutConfig(chunk_steps=k)), params, prev, cur, static, 2, steps=5)
+        for k in (1, 2, 5)
+    }
+    for k in (2, 5):
+        # The same computation in other chunks (measured bit-identical here): ulps per step.
+        assert_close_per_channel(runs[k], runs[1], 16 * 5, f"chunk_steps={k}")
+
+
+def test_initial_perturbations_are_centred_on_the_analysis_in_every_channel(model):
+    """64 members perturbed by 0.5 diff_std: the member mean is within 5 standard errors
+    (0.5 diff_std / sqrt(64) each) of the analysis at every grid point of every channel, and
+    their spread is 0.5 diff_std (to 20 %: 64 members, spatially correlated noise)."""
+    fc, _, _, cur, _ = model
+    roller = Roller(fc, RolloutConfig(chunk_steps=1, initial_perturbation=0.5))
+    x = np.asarray(roller.perturb(0, np.arange(64), cur))
+    d = fc.normalization.diff_std
+    np.testing.assert_allclose(x.std(axis=0).mean(axis=(0, 1)) / d, 0.5, rtol=0.2)
+    error = np.abs(x.mean(axis=0) - cur).max(axis=(0, 1)) / d
+    assert (error < 5 * 0.5 / 8).all(), error
+    # And the analysis itself is not a perturbed member: the spread is there in every channel.
+    assert (np.abs(x[0] - cur).max(axis=(0, 1)) / d > 0.5).all()
+
+
+def test_batch_roller_advance_with_forecasts_joining_and_leaving(model):
+    """Forecast A (2 members, seed 1) runs alone, then with forecast B (3 members, seed 2, a
+    later init) joining at its first step, then B alone: every member's trajectory equals its
+    own forecast run by `Roller.run`."""
+    fc, params, prev, cur, static = model
+    k = 2
+    roller = BatchRoller(fc, RolloutConfig(chunk_steps=k), batch_sizes=(4, 8))
+    init_b = INIT + 2 * STEP
+    want_a = run(Roller(fc, RolloutConfig(chunk_steps=k)), params, prev, cur, static, 2, 4, 1)
+    want_b = np.concatenate(
+        [
+            out
+            for _, out in Roller(fc, RolloutConfig(chunk_steps=k)).run(
+                params,
+                previous=prev,
+                current=cur,
+                static=static,
+                init_time=init_b,
+                steps=4,
+                members=3,
+                seed=2,
+            )
+        ]
+    )
+    keys_a, keys_b = member_keys(1, np.arange(2)), member_keys(2, np.arange(3))
+
+    def advance(keys, previous, current, steps, inits):  # type: ignore[no-untyped-def]
+        return roller.advance(
+            params,
+            keys=keys,
+            previous=previous,
+            current=current,
+            steps=np.asarray(steps),
+            init_times=np.asarray(inits, dtype="datetime64[ns]"),
+            static=static,
+        )
+
+    # A alone (padded from 2 to 4): its steps 1-2.
+    first = advance(keys_a, np.stack([prev] * 2), np.stack([cur] * 2), [0, 0], [INIT] * 2)
+    # A (at step 2) and B (at step 0) together (5 members, padded to 8).
+    both = advance(
+        jnp.concatenate([keys_a, keys_b]),
+        np.concatenate([first[0], np.stack([prev] * 3)]),
+        np.concatenate([first[1], np.stack([cur] * 3)]),
+        [2, 2, 0, 0, 0],
+        [INIT] * 2 + [init_b] * 3,
+    )
+    # B alone (at step 2), A having finished.
+    last = advance(keys_b, both[0, 2:], both[1, 2:], [2] * 3, [init_b] * 3)
+    got_a = np.concatenate([first, both[:, :2]])
+    got_b = np.concatenate([both[:, 2:], last])
+    assert first.shape == (k, 2, *fc.shape) and both.shape == (k, 5, *fc.shape)
+    # Other batch sizes may round differently (batched matmuls): ulps per step, as above
+    # (measured: 0 here, batches of 4 and 8 against 2 and 3).
+    assert_close_per_channel(got_a, want_a, 16 * 4, "forecast A")
+    assert_close_per_channel(got_b, want_b, 16 * 4, "forecast B")
+    # Each member really is its own: A's members differ from each other and from B's.
+    assert np.abs(got_a[:, 0] - got_a[:, 1]).max() > 0
