@@ -6,27 +6,41 @@ import pytest
 from weather.data import grid
 
 
-def _sphere_area(lat: np.ndarray, n_lon: int) -> float:
-    bounds = np.deg2rad(grid.latitude_bounds(lat))
-    # Unit sphere: area of a lat band is 2 pi (sin b1 - sin b0); n_lon cells share it.
-    return float(np.sum(2 * np.pi * np.diff(np.sin(bounds)) / n_lon) * n_lon)
+@pytest.mark.parametrize("n_lat", [4, 32, 64])
+def test_equiangular_bands_are_the_cells_around_each_centre(n_lat):
+    """Without pole rows each band is its centre +- half the spacing (exactly), and its area
+    weight the band's area 2 pi (sin b1 - sin b0) over the mean band's."""
+    lat, _ = grid.equiangular_grid(n_lat, 2 * n_lat)
+    half = 90.0 / n_lat
+    np.testing.assert_allclose(grid.latitude_bounds(lat)[:-1], lat - half, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(grid.latitude_bounds(lat)[1:], lat + half, rtol=0, atol=1e-12)
+    area = np.sin(np.deg2rad(lat + half)) - np.sin(np.deg2rad(lat - half))
+    np.testing.assert_allclose(grid.cell_area_weights(lat), area / area.mean(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("n_lat", [4, 32, 33, 64])
-def test_equiangular_bands_cover_the_sphere(n_lat):
-    if n_lat == 33:  # with pole rows, as ERA5's 0.25 degree and WB2's *_with_poles grids
-        lat = np.linspace(-90, 90, n_lat)
-    else:
-        lat, _ = grid.equiangular_grid(n_lat, 2 * n_lat)
-    assert _sphere_area(lat, 2 * n_lat) == pytest.approx(4 * np.pi, rel=1e-12)
-    assert grid.cell_area_weights(lat).mean() == pytest.approx(1.0)
+def test_pole_rows_are_half_cells():
+    """With pole rows (ERA5's grids, WeatherBench2's *_with_poles), the first and last rows are
+    caps of half the spacing around each pole; the others are centre +- half the spacing."""
+    n = 33
+    lat = np.linspace(-90, 90, n)
+    d = 180.0 / (n - 1)
+    bounds = np.concatenate([[-90.0], lat[1:-1] - d / 2, [lat[-2] + d / 2, 90.0]])
+    np.testing.assert_allclose(grid.latitude_bounds(lat), bounds, rtol=0, atol=1e-12)
+    edges = np.deg2rad(bounds)
+    area = np.diff(np.sin(edges))
+    # A polar cap of angular radius d/2 has area 2 pi (1 - cos(d/2)): as a band, 1 - sin(90 - d/2).
+    np.testing.assert_allclose(area[0], 1 - np.cos(np.deg2rad(d / 2)), rtol=1e-12)
+    np.testing.assert_allclose(grid.cell_area_weights(lat), area / area.mean(), rtol=1e-12)
 
 
 def test_gaussian_cell_areas_equal_quadrature_weights():
     lat, w = grid.gaussian_latitudes(48)
     assert grid.is_gaussian(lat) and not grid.is_equiangular(lat)
     np.testing.assert_allclose(grid.cell_area_weights(lat), w / w.mean(), rtol=1e-10)
-    assert _sphere_area(lat, 96) == pytest.approx(4 * np.pi, rel=1e-12)
+    # Each band's sine span is its Gauss-Legendre weight (the weights integrate d(sin lat)).
+    np.testing.assert_allclose(
+        np.diff(np.sin(np.deg2rad(grid.latitude_bounds(lat)))), w, rtol=1e-10, atol=1e-14
+    )
 
 
 def test_equiangular_area_weights_match_analytic_band_areas():

@@ -5,6 +5,7 @@ import pytest
 
 from weather.data import forcings as forcings_lib
 from weather.data.errors import ArchiveError
+from weather.data.grid import equiangular_grid
 from weather.model.task import (
     Normalization,
     TaskConfig,
@@ -51,14 +52,24 @@ def test_normalization_names_what_is_missing(statistics):
         )
 
 
-def test_weights_have_mean_one_and_favour_low_levels():
-    w = channel_weights(TASK)
-    assert w[1] > w[0]  # 850 hPa weighs more than 500 hPa
-    np.testing.assert_allclose(w[:2].mean(), 1.0)
-    lat = np.linspace(-84.375, 84.375, 16)
-    lw = loss_weights(TASK, lat)
-    assert lw.shape == (16, 1, TASK.n_state)
-    np.testing.assert_allclose(lw.mean(), 1.0, rtol=1e-6)
+def test_weights_follow_the_pressure_formula():
+    """A level's weight is its pressure over the levels' mean pressure (GenCast); surface
+    variables weigh `surface_weight`; the loss weights are area x channel weight over their
+    means (so that they average 1)."""
+    task = TaskConfig(levels=(250, 500, 850), surface_weight=0.3)
+    w = channel_weights(task)
+    per_level = np.array([250, 500, 850]) / (1600 / 3)
+    want = np.concatenate(
+        [np.tile(per_level, len(task.level_variables)), [0.3] * len(task.surface_variables)]
+    )
+    np.testing.assert_allclose(w, want, rtol=1e-6)  # float32 of exact ratios
+    lat, _ = equiangular_grid(16, 32)
+    half = np.deg2rad(180 / 16 / 2)
+    band = np.sin(np.deg2rad(lat) + half) - np.sin(np.deg2rad(lat) - half)
+    lw = loss_weights(task, lat)
+    assert lw.shape == (16, 1, task.n_state)
+    expected = (band / band.mean())[:, None, None] * (want / want.mean())[None, None, :]
+    np.testing.assert_allclose(lw, expected, rtol=1e-6)
 
 
 def test_forcing_channels_match_the_forcings_module():
