@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -393,20 +392,28 @@ def test_prefetcher_close_mid_way_joins_the_blocked_thread() -> None:
 
 
 def test_prefetcher_closed_from_another_thread_releases_a_waiting_consumer() -> None:
-    def slow() -> Iterator[int]:
-        for i in itertools.count():
-            time.sleep(0.2)
-            yield i
+    """A consumer waiting for an item that the source is still producing is released by
+    close() from another thread, before the source ever yields (events, not sleeps)."""
+    asked, gate = threading.Event(), threading.Event()
 
-    items = Prefetcher(slow(), depth=1)
+    def held() -> Iterator[int]:
+        asked.set()  # the producer runs: the consumer is inside next(), which started it
+        gate.wait(60)
+        yield 0
+
+    items = Prefetcher(held(), depth=1)
     got: list[object] = []
     consumer = threading.Thread(target=lambda: got.extend(items))
     consumer.start()
-    time.sleep(0.05)  # the consumer is now waiting for the first item
-    items.close()
-    consumer.join(timeout=5)
-    assert not consumer.is_alive()
-    assert got in ([], [0])  # at most the item that was in flight when close() came
+    assert asked.wait(60)
+    closer = threading.Thread(target=items.close)
+    closer.start()
+    consumer.join(timeout=30)
+    # Released while the source still holds its first item.
+    assert not consumer.is_alive() and not gate.is_set() and got == []
+    gate.set()  # now the producer can finish, and close() join it
+    closer.join(timeout=30)
+    assert not closer.is_alive() and prefetch_threads() == []
 
 
 def test_prefetcher_reraises_the_sources_error_in_the_consumer() -> None:
