@@ -410,8 +410,9 @@ class Worker:
             lane.current = part[k - 1]
             lane.done += new
             lane.files.save_state(lane.done, lane.previous, lane.current)
-        except OSError as error:
-            self._fail(lane.job, f"could not write its results: {error}")
+        except Exception as error:  # OSError, or zarr's errors on a store damaged under it
+            log.exception("job %s: could not write its results", lane.job.id)
+            self._fail(lane.job, f"could not write its results: {_reason(error)}")
             return False
         if not self.store.progress(lane.job.id, self.id, lane.done, now=time.time()):
             log.info("job %s left the batch (cancelled or claimed by another)", lane.job.id)
@@ -478,3 +479,9 @@ class Worker:
             expires_at=now + self.settings.result_ttl_hours * 3600,
             error=error,
         )
+
+
+def _reason(error: Exception) -> str:
+    """An exception as an error message: an OSError's own text names the file and the reason;
+    other types (e.g. zarr's KeyError for a missing array) need their name to be understood."""
+    return str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"

@@ -55,7 +55,9 @@ def test_a_killed_workers_job_resumes_on_another_and_equals_an_uninterrupted_run
     files, archive, tmp_path
 ):
     data = tmp_path / "data"
-    timing = {"heartbeat_s": 0.2, "worker_timeout_s": 1.5, "poll_s": 0.1}
+    # 5 s without a heartbeat (sent every 0.2 s): a live worker on a loaded machine is never
+    # taken for dead and re-claims its own job.
+    timing = {"heartbeat_s": 0.2, "worker_timeout_s": 5.0, "poll_s": 0.1}
     env = environment(files, data, **timing)
     settings = Settings(
         checkpoint=files.checkpoint,

@@ -89,7 +89,9 @@ def test_a_dead_worker_process_is_replaced_and_none_outlives_its_server(files, t
     import httpx
 
     data = tmp_path / "data"
-    env = environment(files, data, heartbeat_s=0.2, worker_timeout_s=1.5, poll_s=0.1)
+    # A live worker is never taken for dead: 5 s without one of its heartbeats (every 0.2 s)
+    # would be a real hang even on a loaded machine.
+    env = environment(files, data, heartbeat_s=0.2, worker_timeout_s=5.0, poll_s=0.1)
     port = free_port()
     with open(tmp_path / "server.log", "wb") as log:
         server = subprocess.Popen(
