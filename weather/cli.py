@@ -430,7 +430,7 @@ def _train(args: argparse.Namespace) -> int:
         train_ds = load_in_place(subset)
     sources = ",".join(str(p) for p in args.train_archive)
     stats_path = args.statistics or args.run_dir / "statistics.nc"
-    if False:
+    if stats_path.exists():
         stats = load_statistics(stats_path)
     else:
         names = [*task.level_variables, *task.surface_variables, *task.static_variables]
