@@ -438,8 +438,13 @@ class Worker:
                 "rows": [],
                 "error": f"scoring failed: {error}",
             }
-        lane.files.write_scores(scores)
-        lane.files.finish()
+        try:
+            lane.files.write_scores(scores)
+            lane.files.finish()
+        except Exception as error:  # else the job stays running (this thread's error unseen)
+            log.exception("job %s: could not write its scores", lane.job.id)
+            self._fail(lane.job, f"could not write its results: {_reason(error)}")
+            return
         now = time.time()
         if self.store.finish(
             lane.job.id,
