@@ -22,6 +22,7 @@ BAKEOFF_MINUTES=${BAKEOFF_MINUTES:-8}
 TRAIN_MINUTES=${TRAIN_MINUTES:-45}
 LONG_MINUTES=${LONG_MINUTES:-600}
 CORE=${CORE:-1}
+LR=${LR:-5e-4}  # peak learning rate of long/lever (lower it to continue a well-trained source)
 
 common=(--batch-size 8 --lr 1e-3 --warmup 300 --ema-decay 0.999 --validate-every 250
         --checkpoint-every 250 --quiet)
@@ -60,7 +61,7 @@ case "${1:-}" in
     cp data/runs/shipped/loss.png docs/loss.png
     ;;
   long|lever)
-    # Warm start from the shipped model (2000 steps) with an open-ended schedule: the peak
+    # Warm start (see the source below) with an open-ended schedule: the peak
     # learning rate until 2000 steps, then peak / sqrt(step / 2000), so that the run can stop
     # at any moment (it resumes exactly: run the same command again) with a sensible rate
     # behind it. One core, single-threaded, so that a second run or other work has the other.
@@ -70,10 +71,13 @@ case "${1:-}" in
     if [ "$1" = lever ]; then name=$2; extra=("${@:3}"); fi
     mkdir -p data/runs
     # The source is copied once, so that shipping a new checkpoint does not change what a
-    # resumed run started from.
-    [ -f data/runs/warm-source.msgpack ] || cp weather/assets/checkpoint.msgpack data/runs/warm-source.msgpack
+    # resumed run started from: the best model of earlier sittings (checkpoints/warm-start.msgpack,
+    # committed when it beat the shipped one on validation) where there is one, else the shipped.
+    source=weather/assets/checkpoint.msgpack
+    [ -f checkpoints/warm-start.msgpack ] && source=checkpoints/warm-start.msgpack
+    [ -f data/runs/warm-source.msgpack ] || cp "$source" data/runs/warm-source.msgpack
     XLA_FLAGS="$SINGLE" taskset -c "$CORE" $WEATHER train --run-dir "data/runs/$name" \
-      --init-from data/runs/warm-source.msgpack --steps 200000 --batch-size 8 --lr 5e-4 \
+      --init-from data/runs/warm-source.msgpack --steps 200000 --batch-size 8 --lr "$LR" \
       --warmup 300 --schedule rsqrt --rsqrt-ref 2000 --ema-decay 0.999 --validate-every 500 \
       --checkpoint-every 250 --snapshot-every 1000 --quiet --max-minutes "$LONG_MINUTES" \
       "${extra[@]}" >> "data/runs/$name.log" 2>&1
