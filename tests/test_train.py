@@ -92,6 +92,7 @@ def test_warm_start_begins_at_the_given_parameters_and_snapshots_its_ema(
         statistics=statistics,
         progress=False,
         init_params=source["params"],
+        metadata={"warm_start": "a/checkpoint.msgpack", "warm_start_step": 3},
     )
     warm = load_checkpoint(path)
     for a, b in zip(
@@ -103,7 +104,13 @@ def test_warm_start_begins_at_the_given_parameters_and_snapshots_its_ema(
     snaps = sorted((tmp_path / "b" / "snapshots").glob("step_*.msgpack"))
     assert [s.name for s in snaps] == ["step_0000001.msgpack", "step_0000002.msgpack"]
     loaded = load_forecaster(snaps[-1])
-    assert load_checkpoint(snaps[-1])["metadata"]["step"] == 2
+    meta = load_checkpoint(snaps[-1])["metadata"]
+    # The run's provenance travels with each snapshot (it may be exported or warm-started from).
+    assert (meta["step"], meta["warm_start"], meta["warm_start_step"]) == (
+        2,
+        "a/checkpoint.msgpack",
+        3,
+    )
     for a, b in zip(
         jax.tree_util.tree_leaves(loaded.params),
         jax.tree_util.tree_leaves(warm["params"]),

@@ -535,7 +535,7 @@ def train(
                 and train_config.snapshot_every
                 and state.step % train_config.snapshot_every == 0
             ):
-                save_snapshot(run, state.step, configs, norm, state.ema, elapsed)
+                save_snapshot(run, state.step, configs, norm, state.ema, elapsed, metadata)
     finally:
         if bar is not None:
             bar.close()
@@ -561,15 +561,23 @@ def _check_shapes(template: Any, params: Any) -> None:
 
 
 def save_snapshot(
-    run: Path, step: int, configs: dict[str, Any], norm: Normalization, ema: Any, seconds: float
+    run: Path,
+    step: int,
+    configs: dict[str, Any],
+    norm: Normalization,
+    ema: Any,
+    seconds: float,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """An inference-only checkpoint of the EMA parameters at `step` (the learning curve's)."""
+    """An inference-only checkpoint of the EMA parameters at `step` (the learning curve's), with
+    the run's provenance (archives, periods, warm-start source), so that it can be exported,
+    shipped or warm-started from like the run's own checkpoint."""
     return save_checkpoint(
         run / "snapshots" / f"step_{step:07d}.msgpack",
         configs=configs,
         normalization=norm.to_dict(),
         params=serialization.to_state_dict(ema),
-        metadata={"step": step, "train_seconds": round(seconds, 2)},
+        metadata={**(provenance or {}), "step": step, "train_seconds": round(seconds, 2)},
     )
 
 
