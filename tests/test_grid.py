@@ -85,3 +85,29 @@ def test_identity_regridding():
 def test_bad_latitudes_are_rejected():
     with pytest.raises(ValueError, match="ascending"):
         grid.latitude_bounds(np.array([10.0, 0.0]))
+
+
+def test_a_single_longitude_is_one_cell_around_the_globe():
+    np.testing.assert_array_equal(grid.longitude_bounds(np.array([10.0])), [-170.0, 190.0])
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 2)), np.array([])])
+def test_bad_coordinates_are_refused(bad):
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        grid.latitude_bounds(bad)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        grid.longitude_bounds(bad)
+    with pytest.raises(ValueError, match="ascending"):
+        grid.latitude_bounds(np.array([10.0, 5.0]))
+
+
+def test_grid_kinds_are_told_apart_at_their_tolerances():
+    """Gaussian latitudes are recognised to 1e-4 degrees (as archives round them), not beyond;
+    an equiangular grid is evenly spaced to a relative 1e-6 of its step."""
+    lat, _ = grid.gaussian_latitudes(32)
+    assert grid.is_gaussian(lat + 5e-5) and not grid.is_gaussian(lat + 5e-4)
+    assert not grid.is_equiangular(lat)
+    even, _ = grid.equiangular_grid(32, 64)
+    assert grid.is_equiangular(even) and not grid.is_gaussian(even)
+    assert not grid.is_equiangular(even + np.where(np.arange(32) == 5, 1e-3, 0.0))
+    assert grid.is_equiangular(even[:1])  # one row: nothing to compare
