@@ -244,8 +244,8 @@ def main() -> None:
             timed[label] = go()
         report["devices_sharding"] = {
             "members": members,
-            "seconds_one_device": round(timed["one"], 3),
-            "seconds_all_devices": round(timed["all"], 3),
+            "seconds_one_device": round(timed["one"], 6),
+            "seconds_all_devices": round(timed["all"], 6),
             "speed_up": round(timed["one"] / timed["all"], 2),
         }
     else:

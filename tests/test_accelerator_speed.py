@@ -47,14 +47,18 @@ def test_the_accelerator_speed_script_runs_and_its_numbers_agree(
         for batch in row["batches"]:
             call = batch["call"]
             # The rate is XLA's FLOPs over the median seconds; the fractions are that rate over
-            # the yardsticks (rounding of the printed values: 3 decimals, 2 for GFLOP/s).
-            assert (
-                abs(call["gflop_per_s"] - call["flops"] / call["seconds"] / 1e9)
-                < 0.02 * (call["gflop_per_s"])
+            # the yardsticks.
+            # The median of 3 per-call rates is the rate at the median time; the printed seconds
+            # are rounded to 5 decimals (a relative error of 5e-6 / seconds), the rate to 2.
+            recomputed = call["flops"] / call["seconds"] / 1e9
+            assert abs(call["gflop_per_s"] - recomputed) <= 0.005 + recomputed * 1.01 * (
+                5e-6 / call["seconds"]
             )
             for dtype, rate in rates.items():
                 got = call[f"fraction_of_large_{dtype}_matmul"]
-                assert abs(got - call["gflop_per_s"] / rate) <= 1e-3, (dtype, call)
+                # Rounded to 3 decimals, from the rate before its rounding to 2.
+                bound = 5e-4 + 0.0051 / rate
+                assert abs(got - call["gflop_per_s"] / rate) <= bound, (dtype, call)
     for name in ("shipped", "1deg_random_weights"):
         rows = report["rollout"][name]
         assert [r["batch"] for r in rows][:1] == [2], rows
@@ -71,7 +75,9 @@ def test_the_accelerator_speed_script_runs_and_its_numbers_agree(
                 )
     sharding = report["devices_sharding"]
     assert sharding["members"] == 16
+    # speed_up is rounded to 2 decimals (0.005); the seconds to 6, whose error (<= 5e-7 s on
+    # runs of milliseconds and more) moves the ratio by under 1e-3.
     assert (
         abs(sharding["speed_up"] - sharding["seconds_one_device"] / sharding["seconds_all_devices"])
-        <= 0.01
+        <= 0.006
     )
