@@ -1,5 +1,6 @@
 """Training on a tiny archive: the loss falls, checkpoints round-trip, resume equals no stop."""
 
+import dataclasses
 import threading
 
 import jax
@@ -15,8 +16,9 @@ PERIOD = ("2001-01-01", "2001-01-09")
 VALID = ("2001-01-09T12", "2001-01-12T18")
 
 
-def _train(tmp, archive, statistics, steps, **kw):  # type: ignore[no-untyped-def]
+def _train(tmp, archive, statistics, steps, rollout_inputs=0, **kw):  # type: ignore[no-untyped-def]
     config = TrainConfig(
+        rollout_inputs=rollout_inputs,
         steps=steps,
         batch_size=2,
         peak_learning_rate=3e-3,
@@ -171,6 +173,89 @@ def test_input_noise_perturbs_each_channel_by_its_std(archive, statistics):
         # per cent of 1 (spherical noise is correlated only within one field).
         np.testing.assert_allclose(ratio, 1.0, rtol=0.1)
     assert float(jnp.abs(prev - cur).max()) > 0
+
+
+def test_rollout_inputs_train_on_the_ema_models_own_forecast_of_the_current_state(
+    archive, statistics
+):
+    """A step with rollout_inputs=k equals the plain step on a batch whose first k current
+    states were replaced by `sample_step` of the EMA parameters from the two states before."""
+    import jax.numpy as jnp
+
+    from weather.model.denoiser import Forecaster
+    from weather.model.task import Normalization
+    from weather.model.train import batch_arrays, static_channels, task_windows, train_step
+
+    model = tiny_model_config()
+    norm = Normalization.from_statistics(model.task, statistics)
+    lat, lon = archive["latitude"].values, archive["longitude"].values
+    forecaster = Forecaster(model, norm, lat, lon)
+    windows = task_windows(archive, model.task, PERIOD, 3, seed=0, input_steps=3)
+    arrays = {
+        k: jnp.asarray(v) for k, v in batch_arrays(windows.load([0, 5, 9]), forecaster).items()
+    }
+    plain_windows = task_windows(archive, model.task, PERIOD, 3, seed=0)
+    anchor = windows.anchors[[0, 5, 9]]
+    plain = batch_arrays(
+        plain_windows.load(np.searchsorted(plain_windows.anchors, anchor)), forecaster
+    )
+    for name, value in plain.items():  # the three-state batch's last two states are the task's
+        np.testing.assert_array_equal(arrays[name], value)
+    static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster)))
+    params = forecaster.init_params(jax.random.key(1))
+    # EMA != params in every leaf (the output layer starts at zero, so scaling would not do):
+    # the test tells which of the two made the forecast.
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    noise = [0.05 * jax.random.normal(jax.random.key(i), p.shape) for i, p in enumerate(leaves)]
+    ema = jax.tree_util.tree_unflatten(treedef, [p + n for p, n in zip(leaves, noise, strict=True)])
+    key, k = jax.random.key(2), 2
+
+    def run(config, batch):  # type: ignore[no-untyped-def]
+        optimizer = config.optimizer()
+        fn = jax.jit(train_step(forecaster, config))
+        copy = jax.tree_util.tree_map(jnp.copy, (params, ema))
+        return fn(*copy, optimizer.init(params), key, batch, static, jnp.int32(5))
+
+    config = TrainConfig(steps=10, batch_size=3, warmup_steps=1, rollout_inputs=k)
+    got = run(config, arrays)
+    own = forecaster.sample_step(
+        ema,
+        jax.random.split(jax.random.fold_in(key, 11), k),
+        arrays["earlier"][:k],
+        arrays["previous"][:k],
+        arrays["earlier_forcings"][:k],
+        static,
+    )
+    # The model's forecast is not the truth (an untrained network), so the lever changes the step.
+    assert float(jnp.abs(own - arrays["current"][:k]).max()) > 1.0
+    replaced = dict(arrays, current=arrays["current"].at[:k].set(own))
+    want = run(dataclasses.replace(config, rollout_inputs=0), replaced)
+    # Same arithmetic in the same compiled order, up to XLA fusing the sampler into the step:
+    # float32 rounding of the loss (~1e-7 relative) and of the parameters after one update.
+    np.testing.assert_allclose(float(got[3]), float(want[3]), rtol=1e-5)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(got[0]), jax.tree_util.tree_leaves(want[0]), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="rollout_inputs"):
+        TrainConfig(batch_size=2, rollout_inputs=3)
+
+
+def test_a_run_with_rollout_inputs_trains_and_resumes_exactly(tmp_path, archive, statistics):
+    straight = load_checkpoint(
+        _train(tmp_path / "a", archive, statistics, steps=4, rollout_inputs=1)
+    )
+    _train(tmp_path / "b", archive, statistics, steps=4, stop_after=2, rollout_inputs=1)
+    resumed = load_checkpoint(
+        _train(tmp_path / "b", archive, statistics, steps=4, rollout_inputs=1)
+    )
+    for a, b in zip(
+        jax.tree_util.tree_leaves(straight["params"]),
+        jax.tree_util.tree_leaves(resumed["params"]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(straight["metadata"]["history"][-1]["validation_loss"])
 
 
 def test_resumed_training_equals_uninterrupted(tmp_path, archive, statistics):

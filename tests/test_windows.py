@@ -213,6 +213,44 @@ def test_windows_over_a_gappy_archive_skip_the_gaps_and_stay_exact() -> None:
             )
 
 
+@pytest.mark.parametrize("input_steps", [1, 2, 3, 4])
+def test_windows_of_any_input_steps_match_brute_force_over_gaps(input_steps: int) -> None:
+    full = START + np.arange(40) * 6 * HOUR
+    time = np.delete(full, [4, 5, 20])
+    start, end = START + 6 * HOUR, full[-2]
+    present = set(time.tolist())
+    offsets = np.arange(-(input_steps - 1), 2) * 12 * HOUR  # t - 12h (n - 1), ..., t, t + 12h
+    expected = [
+        [int(np.flatnonzero(time == t + o)[0]) for o in offsets]
+        for t in time
+        if all((t + o).item() in present and start <= t + o <= end for o in offsets)
+    ]
+    idx = windows.window_indices(time, start=start, end=end, input_steps=input_steps)
+    np.testing.assert_array_equal(idx, np.asarray(expected).reshape(-1, input_steps + 1))
+
+
+def test_three_input_steps_add_the_state_24_hours_before_the_anchor() -> None:
+    ds = random_archive(n_times=30)
+    source = Windows(ds, config(input_steps=3))
+    plain = Windows(ds, config())
+    # One window fewer per leading edge: the first anchor needs t - 24h too.
+    np.testing.assert_array_equal(source.anchors, plain.anchors[plain.anchors >= START + 24 * HOUR])
+    batch = source.load(np.arange(len(source))[:3])
+    for b, t in enumerate(batch["time"]):
+        for i, hours in enumerate((-24, -12, 0)):
+            np.testing.assert_array_equal(
+                batch["inputs"]["temperature"][b, i], ds["temperature"].sel(time=t + hours * HOUR)
+            )
+        np.testing.assert_array_equal(
+            batch["targets"]["temperature"][b], ds["temperature"].sel(time=t + 12 * HOUR)
+        )
+        expected = forcings.forcings(t + np.array([-24, -12, 0, 12]) * HOUR, ds["longitude"].values)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(batch["forcings"][key][b], value)
+    with pytest.raises(ValueError, match="input_steps must be >= 1"):
+        config(input_steps=0)
+
+
 def test_batch_layout_shapes_and_dtypes() -> None:
     ds = random_archive(levels=(100, 250, 500, 850), n_lat=4, n_lon=8)
     source = Windows(ds, config(batch_size=5, drop_remainder=True))

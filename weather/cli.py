@@ -274,6 +274,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="noise on both input states during training, in per-channel stds (default 0)",
     )
     p.add_argument(
+        "--rollout-inputs",
+        type=int,
+        default=0,
+        help="rows of each batch whose current state is the model's own 12 h forecast of it "
+        "(from the two states before, with the model's sampler): the pushforward lever against "
+        "drift (default 0)",
+    )
+    p.add_argument(
         "--snapshot-every",
         type=int,
         default=0,
@@ -480,6 +488,7 @@ def _train(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             validate_every=args.validate_every,
             input_noise=args.input_noise,
+            rollout_inputs=args.rollout_inputs,
             snapshot_every=args.snapshot_every,
         )
     except ValueError as error:

@@ -19,10 +19,12 @@ The batch layout (a plain dict pytree of numpy arrays; ``B`` = batch size, ``L``
 ``Y`` = latitudes, ``X`` = longitudes; values in the archive's units) is ``Batch``:
 
 - ``"inputs"``: ``{var: [B, 2, L, Y, X]}`` for level fields, ``{var: [B, 2, Y, X]}`` for surface
-  fields, float32; index 0 along the second axis is ``t - 12h``, index 1 is ``t``;
+  fields, float32; index 0 along the second axis is ``t - 12h``, index 1 is ``t`` (with
+  ``WindowConfig.input_steps = 3``, ``[B, 3, ...]`` from ``t - 24h``);
 - ``"targets"``: ``{var: [B, L, Y, X]}`` / ``{var: [B, Y, X]}``, float32, the state at ``t + 12h``;
 - ``"forcings"``: ``{"year_progress_sin"|"year_progress_cos": [B, 3],
   "day_progress_sin"|"day_progress_cos": [B, 3, X]}``, float32, at ``(t - 12h, t, t + 12h)``
+  (one more column in front per further input step)
   (see ``weather.data.forcings``);
 - ``"static"``: ``{var: [Y, X]}``, float32, read once and shared (read-only) by all batches;
 - ``"time"``: ``[B]`` datetime64[ns], the anchor times ``t``.
@@ -105,29 +107,43 @@ def lead_pairs(time: npt.ArrayLike, *, start: TimeLike, end: TimeLike) -> np.nda
     return np.stack([inside[ok], later[ok]], axis=1).astype(np.int64)
 
 
-def window_indices(time: npt.ArrayLike, *, start: TimeLike, end: TimeLike) -> np.ndarray:
+def window_indices(
+    time: npt.ArrayLike, *, start: TimeLike, end: TimeLike, input_steps: int = 2
+) -> np.ndarray:
     """Time indices of every valid window ``(t - 12h, t, t + 12h)`` inside ``[start, end]``.
 
-    A window is valid when all three times exist in ``time`` and lie in the split (inclusive).
+    A window is valid when all its times exist in ``time`` and lie in the split (inclusive).
 
     Args:
       time: ``[time]`` datetime64 axis of the archive (step must divide 12 h).
       start, end: the split's first and last allowed time.
+      input_steps: states before the target, 12 h apart (>= 1); 2 is the task's
+        ``(t - 12h, t)``, 3 adds ``t - 24h`` (what training on the model's own one-step
+        forecasts needs to make ``x(t)`` from ``(t - 24h, t - 12h)``).
 
     Returns:
-      int64 ``[window, 3]``: columns are the indices of ``t - 12h``, ``t`` and ``t + 12h``, rows
-      sorted by anchor time.
+      int64 ``[window, input_steps + 1]``: columns are the indices of ``t - 12h (input_steps - 1)``
+      ... ``t`` and ``t + 12h``, rows sorted by anchor time.
     """
-    pairs = lead_pairs(time, start=start, end=end)
-    # A window is a pair (t-12h, t) followed by a pair (t, t+12h) sharing t.
-    _, first, second = np.intersect1d(pairs[:, 1], pairs[:, 0], return_indices=True)
-    return np.stack([pairs[first, 0], pairs[first, 1], pairs[second, 1]], axis=1).astype(np.int64)
+    if input_steps < 1:
+        raise ValueError(f"input_steps: must be >= 1, got {input_steps}")
+    t = _time_axis(time)
+    pairs = lead_pairs(t, start=start, end=end)
+    # Each index has at most one successor 12 h later: chain the successors input_steps times.
+    successor = np.full(t.size, -1, np.int64)
+    successor[pairs[:, 0]] = pairs[:, 1]
+    columns = [pairs[:, 0]]
+    for _ in range(input_steps):
+        previous = columns[-1]
+        columns.append(np.where(previous >= 0, successor[np.maximum(previous, 0)], -1))
+    idx = np.stack(columns, axis=1)
+    return idx[(idx >= 0).all(axis=1)].astype(np.int64)
 
 
 def window_anchors(time: npt.ArrayLike, *, start: TimeLike, end: TimeLike) -> np.ndarray:
     """The anchor times ``t`` of ``window_indices``: ``[window]`` datetime64[ns], ascending."""
     t = _time_axis(time)
-    return t[window_indices(t, start=start, end=end)[:, 1]]
+    return t[window_indices(t, start=start, end=end)[:, -2]]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -144,6 +160,8 @@ class WindowConfig:
       seed: shuffling seed (>= 0); epoch ``e`` uses ``numpy.random.default_rng([seed, e])``.
       drop_remainder: drop the last, short batch of an epoch (keeps jit shapes fixed).
       prefetch: batches loaded ahead by a background thread; 0 loads in the caller's thread.
+      input_steps: input states per window, 12 h apart, ending at the anchor ``t`` (see
+        ``window_indices``); 3 adds ``t - 24h`` in front.
     """
 
     start: TimeLike
@@ -155,6 +173,7 @@ class WindowConfig:
     seed: int = 0
     drop_remainder: bool = True
     prefetch: int = 2
+    input_steps: int = 2
 
     def __post_init__(self) -> None:
         # Normalise here so that equal configs compare equal whatever spelling built them.
@@ -180,6 +199,8 @@ class WindowConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.input_steps < 1:
+            raise ValueError(f"input_steps must be >= 1, got {self.input_steps}")
 
 
 class Batch(TypedDict):
@@ -263,7 +284,9 @@ class Windows:
         self._dynamic = dynamic
         self.time: npt.NDArray[np.datetime64] = _time_axis(dataset["time"].values)
         self.longitude: np.ndarray = np.asarray(dataset["longitude"].values, dtype=np.float64)
-        self.indices = window_indices(self.time, start=config.start, end=config.end)
+        self.indices = window_indices(
+            self.time, start=config.start, end=config.end, input_steps=config.input_steps
+        )
         if len(self.indices) == 0:
             raise ArchiveError(
                 f"coordinate 'time' has no complete 12 h window inside the split "
@@ -283,7 +306,7 @@ class Windows:
     @property
     def anchors(self) -> npt.NDArray[np.datetime64]:
         """``[window]`` datetime64[ns]: every anchor time ``t`` of the split, ascending."""
-        return self.time[self.indices[:, 1]]
+        return self.time[self.indices[:, -2]]
 
     def __len__(self) -> int:
         """The number of windows in the split."""
@@ -315,7 +338,7 @@ class Windows:
         zarr and dask); the batch order is restored in memory afterwards.
         """
         rows = np.asarray(windows, dtype=np.int64)
-        idx = self.indices[rows]  # [B, 3]
+        idx = self.indices[rows]  # [B, input_steps + 1]
         needed, inverse = np.unique(idx, return_inverse=True)
         inverse = inverse.reshape(idx.shape)
         # One compute for all variables: dask reads them in parallel; lazy zarr reads each once.
@@ -323,9 +346,9 @@ class Windows:
         inputs, targets = {}, {}
         for name in self.config.variables:
             values = np.asarray(block[name].values, dtype=np.float32)  # [T, ...]
-            inputs[name] = values[inverse[:, :2]]
-            targets[name] = values[inverse[:, 2]]
-        times = self.time[idx]  # [B, 3]
+            inputs[name] = values[inverse[:, :-1]]
+            targets[name] = values[inverse[:, -1]]
+        times = self.time[idx]  # [B, input_steps + 1]
         flat = forcings_lib.forcings(times.reshape(-1), self.longitude)
         forcing_batch = {
             key: value.reshape(idx.shape + value.shape[1:]) for key, value in flat.items()
@@ -335,7 +358,7 @@ class Windows:
             targets=targets,
             forcings=forcing_batch,
             static=dict(self.static),
-            time=times[:, 1],
+            time=times[:, -2],
         )
 
     def batches(self, *, epochs: int | None = 1, first_epoch: int = 0) -> Iterator[Batch]:

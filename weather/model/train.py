@@ -69,6 +69,11 @@ class TrainConfig:
         levels fix fine detail and the sample's spread, high ones the conditional mean.
       input_noise: std of the isotropic noise added to both input states during training, in
         units of each channel's climatological std (0: none); a lever against drift.
+      rollout_inputs: rows of each batch (the first ones) whose current state ``x(t)`` is
+        replaced by the EMA model's own 12 h forecast of it from ``(x(t - 24h), x(t - 12h))``,
+        sampled with the model's sampler (0: none; the "pushforward" lever against drift: the
+        model learns to take its own, imperfect, states back towards the truth, as a rollout
+        needs). Training then reads windows with three input states.
       snapshot_every: keep an inference-only copy of the EMA parameters every this many steps
         in ``<run>/snapshots/step_NNNNNNN.msgpack`` (0: none), for the learning curve.
       prefetch: training batches loaded ahead in a background thread.
@@ -93,6 +98,7 @@ class TrainConfig:
     validation_batches: int = 8
     validation_sigmas: tuple[float, ...] = (0.05, 0.25, 1.0, 5.0, 25.0)
     input_noise: float = 0.0
+    rollout_inputs: int = 0
     snapshot_every: int = 0
     prefetch: int = 2
 
@@ -112,6 +118,11 @@ class TrainConfig:
             raise ValueError(f"schedule: must be 'cosine' or 'rsqrt', got {self.schedule!r}")
         if not (np.isfinite(self.input_noise) and self.input_noise >= 0):
             raise ValueError(f"input_noise: must be finite and >= 0, got {self.input_noise}")
+        if not 0 <= self.rollout_inputs <= self.batch_size:
+            raise ValueError(
+                f"rollout_inputs: must be in [0, batch_size] = [0, {self.batch_size}], "
+                f"got {self.rollout_inputs}"
+            )
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every: must be >= 0, got {self.snapshot_every}")
         if any(not (np.isfinite(s) and s > 0) for s in self.validation_sigmas):
@@ -161,21 +172,42 @@ class TrainState:
 
 
 def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
-    """A windows batch as the model's arrays (physical units, channels last)."""
+    """A windows batch as the model's arrays (physical units, channels last).
+
+    ``previous``, ``current``, ``target``: ``[B, H, W, C]`` at ``t - 12h``, ``t``, ``t + 12h``;
+    ``forcings``: ``[B, H, W, 8]`` at ``(t, t + 12h)``. A batch with three input states also
+    gives ``earlier`` (``t - 24h``) and ``earlier_forcings`` (at ``(t - 12h, t)``): what the
+    model's own forecast of ``x(t)`` is made from.
+    """
     task = forecaster.task
     inputs = batch["inputs"]
-    prev = state_to_channels(task, {k: v[:, 0] for k, v in inputs.items()})
-    cur = state_to_channels(task, {k: v[:, 1] for k, v in inputs.items()})
-    target = state_to_channels(task, batch["targets"])
+    steps = next(iter(inputs.values())).shape[1]
+
+    def state(i: int) -> np.ndarray:
+        return state_to_channels(task, {k: v[:, i] for k, v in inputs.items()})
+
     t = np.asarray(batch["time"], dtype="datetime64[ns]")
-    forc = forcing_channels(
-        np.stack([t, t + LEAD], -1), forecaster.longitude, forecaster.latitude.size
-    )
-    return {"previous": prev, "current": cur, "target": target, "forcings": forc}
+    lon, n_lat = forecaster.longitude, forecaster.latitude.size
+    arrays = {
+        "previous": state(steps - 2),
+        "current": state(steps - 1),
+        "target": state_to_channels(task, batch["targets"]),
+        "forcings": forcing_channels(np.stack([t, t + LEAD], -1), lon, n_lat),
+    }
+    if steps >= 3:
+        arrays["earlier"] = state(steps - 3)
+        arrays["earlier_forcings"] = forcing_channels(np.stack([t - LEAD, t], -1), lon, n_lat)
+    return arrays
 
 
 def task_windows(
-    data: xr.Dataset, task: TaskConfig, period: tuple[Any, Any], batch_size: int, *, seed: int
+    data: xr.Dataset,
+    task: TaskConfig,
+    period: tuple[Any, Any],
+    batch_size: int,
+    *,
+    seed: int,
+    input_steps: int = 2,
 ) -> Windows:
     """Training windows of the task's fields over `period` (loaded in the caller's thread)."""
     return Windows(
@@ -189,6 +221,7 @@ def task_windows(
             batch_size=batch_size,
             seed=seed,
             prefetch=0,
+            input_steps=input_steps,
         ),
     )
 
@@ -252,6 +285,19 @@ def train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any
 
     def step(params, ema, opt_state, key, arrays, static, step_number):
         previous, current = arrays["previous"], arrays["current"]
+        if config.rollout_inputs:
+            # The deployed model (EMA weights, its own sampler) forecasts x(t) for the first
+            # rows; only the loss's parameters are differentiated, so this is a constant.
+            k = config.rollout_inputs
+            own = forecaster.sample_step(
+                ema,
+                jax.random.split(jax.random.fold_in(key, 11), k),
+                arrays["earlier"][:k],
+                previous[:k],
+                arrays["earlier_forcings"][:k],
+                static,
+            )
+            current = jnp.concatenate([own, current[k:]], axis=0)
         if config.input_noise:
             # A key of its own: without input noise the loss sees exactly the key it always did.
             previous, current = forecaster.perturb_inputs(
@@ -442,7 +488,12 @@ def train(
     static = jnp.asarray(static_channels(train_data, forecaster))
     static_n = replicate(forecaster.normalize_static(static))
     windows = task_windows(
-        train_data, task, train_period, train_config.batch_size, seed=train_config.seed
+        train_data,
+        task,
+        train_period,
+        train_config.batch_size,
+        seed=train_config.seed,
+        input_steps=3 if train_config.rollout_inputs else 2,
     )
     val_eval = _validation(
         forecaster, train_config, validation_data, validation_period, static_n, split
