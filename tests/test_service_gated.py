@@ -5,6 +5,7 @@ the same on a slow CPU and on a fast GPU."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import re
 import threading
@@ -27,7 +28,7 @@ from service_support import (
 )
 
 from service.settings import Settings
-from service.store import open_store
+from service.sql_store import open_store
 from service.worker import Worker
 from weather.model.rollout import BatchRoller
 from weather.scoring import metrics
@@ -244,3 +245,39 @@ def test_partial_results_while_running_then_cancel(service, monkeypatch):
     assert alice.get(f"/forecast/{job['id']}/scores").status_code == 409
     # The leads written before the cancellation stay readable.
     assert alice.get(f"/forecast/{job['id']}/result").status_code == 200
+
+
+def test_fifty_concurrent_submissions_queue_then_share_sampling_calls(service):
+    alice, start_worker = service
+    # Valid times past the archive's end: nothing to score, only sampling.
+    body = {"init_time": "2001-01-12T18:00Z", "lead": 24, "members": 1}
+
+    def submit(seed: int) -> httpx.Response:
+        return alice.post("/forecast", json={**body, "seed": seed})
+
+    # All 50 queue (concurrent POSTs, no worker yet), so batching does not hang on the worker
+    # being slower than the clients.
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(submit, range(50)))
+    assert [r.status_code for r in answers] == [202] * 50
+    ids = [r.json()["id"] for r in answers]
+    assert len(set(ids)) == 50
+    server_before = alice.get("/metrics").text
+    assert metric(server_before, "weather_queue_depth") == 50
+    worker = start_worker()
+    before = worker_metrics(worker)
+    for job_id in ids:
+        assert wait_for(alice, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+    after = worker_metrics(worker)
+    calls = metric(after, "weather_batch_jobs_count") - metric(before, "weather_batch_jobs_count")
+    jobs = metric(after, "weather_batch_jobs_sum") - metric(before, "weather_batch_jobs_sum")
+    # 50 one-member jobs x 2 steps in calls of 8 members: the lanes stay full, so 6 full
+    # batches and one of 2, each for 2 steps: 14 calls (one per job and step would be 100).
+    assert jobs == 100 and calls == 14, (calls, jobs)
+    steps = metric(after, "weather_member_steps_total") - metric(
+        before, "weather_member_steps_total"
+    )
+    assert steps == 100
+    server_after = alice.get("/metrics").text
+    assert metric(server_after, 'weather_submissions_total{outcome="accepted"}') >= 50
+    assert metric(server_after, "weather_queue_depth") == 0
