@@ -152,8 +152,8 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="CPU check: small grids and batches")
     args = p.parse_args()
 
-    from weather.cli import DEFAULT_CHECKPOINT
     from weather.data.grid import equiangular_grid
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.forecast import load_forecaster
     from weather.model.denoiser import Forecaster
     from weather.model.rollout import Roller, RolloutConfig, mesh_for

@@ -36,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
-GRAVITY = 9.80665  # m s-2, to express geopotential as height
+from weather.data.constants import GRAVITY
+from weather.data.times import STEP
+
 TARGETS: tuple[tuple[str, int | None], ...] = (
     ("geopotential", 500),
     ("temperature", 850),
@@ -120,7 +122,7 @@ def drift_of_init(
             stats = field_statistics(states[..., c], lat)  # [k, M]
             for s in STATS:
                 model_stats[label(*target)][s].append(stats[s])
-    times = init + np.timedelta64(12, "h") * np.arange(1, steps + 1)
+    times = init + STEP * np.arange(1, steps + 1)
     have = np.isin(times, archive["time"].values)
     out: dict[str, Any] = {"init": str(np.datetime_as_string(init, unit="h"))}
     for target in targets:
@@ -174,7 +176,7 @@ def tendency_bias(
             seed=seed,
         )
         after = np.asarray(states[0], np.float64)  # [M, H, W, C]
-        valid = init + np.timedelta64(12, "h")
+        valid = init + STEP
         for target in targets:
             c = channel_index(fc.task, *target)
             now = np.asarray(current[..., c], np.float64)
@@ -327,8 +329,8 @@ def main() -> None:
     p.add_argument("--figure", type=Path, default=None, help="default: OUT_DIR/climate_drift.png")
     args = p.parse_args()
 
-    from weather.cli import DEFAULT_CHECKPOINT
     from weather.data.reader import open_archive
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.evaluate import spaced_inits
     from weather.forecast import load_forecaster
     from weather.model.rollout import Roller, RolloutConfig

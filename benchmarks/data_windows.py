@@ -63,13 +63,12 @@ from weather.data.windows import WindowConfig, Windows
 from weather.forecast import check_param_shapes
 from weather.model.checkpoint import load_checkpoint
 from weather.model.denoiser import Forecaster, ModelConfig
-from weather.model.task import Normalization
+from weather.model.task import Normalization, static_channels
 from weather.model.train import (
     TrainConfig,
     batch_arrays,
     device_batches,
     make_train_step,
-    static_channels,
     task_windows,
 )
 
@@ -190,7 +189,7 @@ class Trainer:
         self.key = jax.random.PRNGKey(self.train_config.seed)
         self.step_fn = make_train_step(self.forecaster, self.train_config)
         self.static_n = self.forecaster.normalize_static(
-            jnp.asarray(static_channels(dataset, self.forecaster))
+            jnp.asarray(static_channels(dataset, self.forecaster.task))
         )
 
     def windows(self, dataset: xr.Dataset, period: tuple[Any, Any]) -> Windows:

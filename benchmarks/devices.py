@@ -36,7 +36,7 @@ def main() -> None:
 
     import jax
 
-    from weather.cli import DEFAULT_CHECKPOINT
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.forecast import load_forecaster
     from weather.model.rollout import Roller, RolloutConfig, mesh_for
 

@@ -32,8 +32,8 @@ def main() -> None:
     p.add_argument("--members", type=int, default=2)
     args = p.parse_args()
 
-    from weather.cli import DEFAULT_CHECKPOINT
     from weather.data.reader import open_archives
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.forecast import forecast, load_forecaster
 
     root = args.archives[0].parent

@@ -41,6 +41,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from denoiser import MATMUL_SIZE, xla_flops
 
+from weather.data.times import STEP
+
 _MATMUL = jax.jit(lambda a, b: a @ b)
 
 
@@ -97,7 +99,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=3, help="further requests to count compiles")
     args = p.parse_args()
 
-    from weather.cli import DEFAULT_CHECKPOINT
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.forecast import load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
 
@@ -147,7 +149,7 @@ def main() -> None:
     compiles_warmup = counter.count
 
     rate_before = matmul_rate()
-    chunks = run(steps, init0 + np.timedelta64(12, "h"), 1, args.members)
+    chunks = run(steps, init0 + STEP, 1, args.members)
     forecast_s = float(np.sum(chunks))
     rate_after = matmul_rate()
 

@@ -57,8 +57,8 @@ def main() -> None:
     p.add_argument("--out-dir", type=Path, default=Path("data/benchmarks/sampler_skill"))
     args = p.parse_args()
 
-    from weather.cli import DEFAULT_CHECKPOINT
     from weather.data.reader import open_archive
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.evaluate import HEADLINE, ensemble_scores, spaced_inits
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig

@@ -15,24 +15,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import shutil
-import threading
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import BodyLimitMiddleware
-from service.catalog import Catalog, RequestError, model_info
+from service.catalog import RequestError
 from service.errors import SafeJSONResponse, install_error_handlers
 from service.metrics import ServiceMetrics
-from service.results import JobFiles
+from service.routes import build_router
+from service.runtime import Service
 from service.settings import Settings
-from service.store import JobStore, open_store
-from service.worker import Worker
-from service.worker_process import WorkerProcess
 
 log = logging.getLogger("service")
 
@@ -52,89 +46,6 @@ When the server has API keys, every route but `/healthz` and `/readyz` needs
 """
 
 
-class Service:
-    """What the routes share: settings, store, catalogue, metrics and the local worker."""
-
-    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.store: JobStore = open_store(
-            settings.database, schema=settings.database_schema, maintained=True
-        )
-        try:
-            self.catalog = Catalog(
-                model_info(settings), settings.archive, storage_options=settings.storage_options
-            )
-            self.worker: Worker | None = None
-            self.worker_process: WorkerProcess | None = None
-            if settings.worker and settings.worker_process:
-                self.worker_process = WorkerProcess(settings, metrics)
-                self.worker_process.start()
-            elif settings.worker:
-                self.worker = Worker(settings, self.store, metrics)
-                self.worker.start()
-        except BaseException:
-            self.store.close()
-            raise
-        self.tmp = Path(settings.data_dir) / "tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self._stop = threading.Event()
-        self._janitor = threading.Thread(target=self._sweep, name="weather-janitor", daemon=True)
-        self._janitor.start()
-
-    def wake_worker(self) -> None:
-        if self.worker is not None:
-            self.worker.wake()
-        if self.worker_process is not None:
-            self.worker_process.wake()
-
-    def _sweep(self) -> None:
-        """Maintain the store every second; delete expired results (and stale export files)
-        now and then."""
-        period = min(60.0, self.settings.result_ttl_hours * 3600 / 4)
-        next_sweep = time.monotonic() + period
-        while not self._stop.wait(1.0):
-            try:
-                self.store.maintain()
-            except Exception:  # the next round retries
-                log.exception("job store maintenance failed")
-            if time.monotonic() < next_sweep:
-                continue
-            next_sweep = time.monotonic() + period
-            try:
-                self.sweep(time.time())
-            except Exception:  # the next sweep retries
-                log.exception("result expiry failed")
-
-    def sweep(self, now: float) -> list[str]:
-        """Delete the results of jobs whose expiry passed (returns their ids), and forget
-        workers that died without a clean stop."""
-        gone = self.store.prune_workers(now=now, grace=self.settings.worker_prune_s)
-        if gone:
-            log.info("removed %d silent worker(s): %s", len(gone), ", ".join(gone))
-        expired = self.store.expire(now)
-        for job_id in expired:
-            JobFiles(self.settings.data_dir, job_id).delete()
-        # Exports left by a killed request (files, and the folders a zipped Zarr is made in).
-        for stale in self.tmp.glob("*"):
-            with contextlib.suppress(OSError):
-                if stale.stat().st_mtime < now - 3600:
-                    if stale.is_dir() and not stale.is_symlink():
-                        shutil.rmtree(stale)
-                    else:
-                        stale.unlink()
-        return expired
-
-    def close(self) -> None:
-        self._stop.set()
-        if self.worker is not None:
-            self.worker.stop()
-        if self.worker_process is not None:
-            self.worker_process.stop()
-        self._janitor.join(5)
-        self.store.close()
-
-
 def create_app(settings: Settings | None = None, metrics: ServiceMetrics | None = None) -> FastAPI:
     """The forecast service's ASGI app.
 
@@ -142,8 +53,6 @@ def create_app(settings: Settings | None = None, metrics: ServiceMetrics | None 
       settings: default `Settings()` (from the environment, read now, not at import).
       metrics: default a fresh registry per app.
     """
-    from service.routes import build_router
-
     settings = settings or Settings()
     metrics = metrics or ServiceMetrics()
 

@@ -21,14 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from service.schemas import ForecastRequestBase, JobRequest
+from service.schemas import ForecastRequestBase, JobRequest, Region
 from service.settings import Settings
 from weather.data.errors import ArchiveError
-from weather.data.times import to_datetime64
-from weather.forecast import parse_lead
+from weather.data.times import STEP, parse_lead, to_datetime64
 from weather.model.task import TaskConfig
-
-STEP = np.timedelta64(12, "h")
 
 
 class RequestError(ValueError):
@@ -212,8 +209,6 @@ class Catalog:
                 "summary.thresholds", f"{odd} are not among the requested variables {variables}"
             )
         if request.region is not None:
-            from service.results import region_indices
-
             try:
                 region_indices(info.latitude, info.longitude, request.region)
             except ValueError as error:
@@ -232,3 +227,32 @@ class Catalog:
             format=request.format,
             summary=request.summary,
         )
+
+
+def region_indices(
+    latitude: np.ndarray, longitude: np.ndarray, region: Region | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grid indices inside a box: ``([h] latitude indices, [w] longitude indices)``.
+
+    Longitudes run eastward from the western edge, so a box across the dateline comes out
+    contiguous (e.g. 350, 355, 0, 5 degrees).
+
+    Raises:
+      ValueError: the box holds no grid point.
+    """
+    if region is None:
+        return np.arange(latitude.size), np.arange(longitude.size)
+    lat_index = np.flatnonzero((latitude >= region.lat_min) & (latitude <= region.lat_max))
+    span = region.lon_max - region.lon_min
+    width = span if 0 <= span < 360 else (360.0 if span >= 360 else span % 360)
+    west = region.lon_min % 360
+    east_of_west = (longitude - west) % 360
+    lon_index = np.flatnonzero(east_of_west <= width + 1e-9)
+    lon_index = lon_index[np.argsort(east_of_west[lon_index], kind="stable")]
+    if lat_index.size == 0 or lon_index.size == 0:
+        spacing = abs(float(latitude[1] - latitude[0])) if latitude.size > 1 else 0.0
+        raise ValueError(
+            f"the box {region.model_dump()} holds no grid point (the grid's spacing is "
+            f"{spacing:g} degrees)"
+        )
+    return lat_index, lon_index

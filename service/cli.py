@@ -91,7 +91,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
 def _check_database(settings: Any) -> None:
     """Open and close the job store once, so that a wrong URL or path ends here, in one line,
     rather than in a traceback from inside the server's start-up."""
-    from service.store import StoreUnavailableError, open_store
+    from service.sql_store import open_store
+    from service.store import StoreUnavailableError
 
     try:
         open_store(settings.database, schema=settings.database_schema).close()
@@ -128,7 +129,7 @@ def with_embedded_archive(
     works on a machine with nothing but Python. An archive named explicitly is never replaced.
     """
     from service.settings import Settings
-    from weather.cli import DEFAULT_DATA_DIR
+    from weather.defaults import DEFAULT_DATA_DIR
     from weather.demo import EMBEDDED_ARCHIVE_DAYS, embedded_archive
 
     default = Settings.model_fields["archive"].default
@@ -187,7 +188,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def worker_command(args: argparse.Namespace) -> int:
     from service.metrics import ServiceMetrics
-    from service.store import open_store
+    from service.sql_store import open_store
     from service.worker import Worker
 
     _logging(args.log_level)

@@ -29,9 +29,10 @@ import numpy as np
 import xarray as xr
 from pydantic import ValidationError
 
-from service.catalog import ModelInfo
-from service.schemas import JobRequest, Region, Scores
+from service.catalog import ModelInfo, region_indices
+from service.schemas import JobRequest, Scores
 from weather.data.layout import annotate_forecast
+from weather.data.times import STEP
 from weather.data.variables import CATALOGUE
 from weather.model.task import channels_to_state
 
@@ -43,43 +44,11 @@ class DamagedResultError(RuntimeError):
     chunk or metadata file that does not decode, scores that are not JSON)."""
 
 
-STEP = np.timedelta64(12, "h")
-
-
 def job_dir(data_dir: Path, job_id: str) -> Path:
     """The directory of a job; refuses anything but a job id (no path from user text)."""
     if not JOB_ID.fullmatch(job_id):
         raise ValueError(f"job id {job_id!r}: not 32 lower-case hex digits")
     return Path(data_dir) / "jobs" / job_id
-
-
-def region_indices(
-    latitude: np.ndarray, longitude: np.ndarray, region: Region | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Grid indices inside a box: ``([h] latitude indices, [w] longitude indices)``.
-
-    Longitudes run eastward from the western edge, so a box across the dateline comes out
-    contiguous (e.g. 350, 355, 0, 5 degrees).
-
-    Raises:
-      ValueError: the box holds no grid point.
-    """
-    if region is None:
-        return np.arange(latitude.size), np.arange(longitude.size)
-    lat_index = np.flatnonzero((latitude >= region.lat_min) & (latitude <= region.lat_max))
-    span = region.lon_max - region.lon_min
-    width = span if 0 <= span < 360 else (360.0 if span >= 360 else span % 360)
-    west = region.lon_min % 360
-    east_of_west = (longitude - west) % 360
-    lon_index = np.flatnonzero(east_of_west <= width + 1e-9)
-    lon_index = lon_index[np.argsort(east_of_west[lon_index], kind="stable")]
-    if lat_index.size == 0 or lon_index.size == 0:
-        spacing = abs(float(latitude[1] - latitude[0])) if latitude.size > 1 else 0.0
-        raise ValueError(
-            f"the box {region.model_dump()} holds no grid point (the grid's spacing is "
-            f"{spacing:g} degrees)"
-        )
-    return lat_index, lon_index
 
 
 @dataclasses.dataclass(frozen=True)

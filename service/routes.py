@@ -25,6 +25,7 @@ from service.errors import SafeJSONResponse
 from service.export import json_result, write_netcdf, write_zarr_zip
 from service.metrics import ServiceMetrics
 from service.results import DamagedResultError, JobFiles
+from service.runtime import Service
 from service.schemas import (
     ForecastRequestBase,
     Health,
@@ -104,8 +105,6 @@ def damaged(job_id: str, error: BaseException) -> HTTPException:
 
 def build_router(settings: Settings, metrics: ServiceMetrics) -> APIRouter:
     """All routes, with the submission model bounded by ``settings.max_members``."""
-    from service.app import Service
-
     ForecastRequest = request_model(settings.max_members)
     Owner = Annotated[str, Depends(owner_dependency(settings))]
     router = APIRouter()

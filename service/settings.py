@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from weather.cli import DEFAULT_CHECKPOINT, DEFAULT_DATA_DIR
+from weather.defaults import DEFAULT_CHECKPOINT, DEFAULT_DATA_DIR
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -551,3 +551,21 @@ def _redacted(url: str) -> str:
     credentials, host = rest.rsplit("@", 1)
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}@{host}"
+
+
+def open_store(url: str, *, schema: str = "weather", maintained: bool = False) -> JobStore:
+    """A job store from a URL: ``sqlite:///path/jobs.sqlite`` or ``postgresql://...``.
+
+    Args:
+      maintained: the caller runs `JobStore.maintain` periodically (the API server does).
+
+    Raises:
+      ValueError: naming the URL's scheme when it is neither.
+      StoreUnavailableError: the database cannot be opened (the reason in one line).
+    """
+    if url.startswith("sqlite:///"):
+        return SQLiteJobStore(url.removeprefix("sqlite:///"), checkpoint_on_commit=not maintained)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresJobStore(url, schema=schema)
+    scheme = url.split(":", 1)[0]
+    raise ValueError(f"database_url: scheme {scheme!r} is neither sqlite:/// nor postgresql://")

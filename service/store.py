@@ -9,7 +9,7 @@ crash loses no job. Times are UNIX seconds (UTC).
 
 Implementations: SQLite, the embedded default (`service.sql_store.SQLiteJobStore`), and
 PostgreSQL for several API servers and workers on several hosts
-(`service.sql_store.PostgresJobStore`); `open_store` picks one from a URL.
+(`service.sql_store.PostgresJobStore`); `service.sql_store.open_store` picks one from a URL.
 """
 
 from __future__ import annotations
@@ -230,25 +230,3 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""
-
-
-def open_store(url: str, *, schema: str = "weather", maintained: bool = False) -> JobStore:
-    """A job store from a URL: ``sqlite:///path/jobs.sqlite`` or ``postgresql://...``.
-
-    Args:
-      maintained: the caller runs `JobStore.maintain` periodically (the API server does).
-
-    Raises:
-      ValueError: naming the URL's scheme when it is neither.
-      StoreUnavailableError: the database cannot be opened (the reason in one line).
-    """
-    from service import sql_store
-
-    if url.startswith("sqlite:///"):
-        return sql_store.SQLiteJobStore(
-            url.removeprefix("sqlite:///"), checkpoint_on_commit=not maintained
-        )
-    if url.startswith(("postgresql://", "postgres://")):
-        return sql_store.PostgresJobStore(url, schema=schema)
-    scheme = url.split(":", 1)[0]
-    raise ValueError(f"database_url: scheme {scheme!r} is neither sqlite:/// nor postgresql://")

@@ -191,7 +191,7 @@ class Worker:
         from weather.forecast import load_forecaster
         from weather.model.rollout import BatchRoller, RolloutConfig, mesh_for
         from weather.model.sampler import parse_sampler
-        from weather.model.train import static_channels
+        from weather.model.task import static_channels
 
         s = self.settings
         if s.compilation_cache_dir is not None:
@@ -217,7 +217,7 @@ class Worker:
             batch_sizes=tuple(b * per_call for b in s.batch_sizes),
         )
         self.archive = open_archive(s.archive, storage_options=s.storage_options)
-        self.static = static_channels(self.archive, fc)
+        self.static = static_channels(self.archive, fc.task)
 
     def _warm_up(self) -> None:
         """Compile every batch size now, so that no request waits for a compilation."""

@@ -177,7 +177,7 @@ def main() -> int:
         level=init.get("log_level", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from service.store import open_store
+    from service.sql_store import open_store
     from service.worker import Worker
 
     metrics_file = Path(init["metrics_file"])

@@ -69,7 +69,8 @@ def test_export_keeps_what_inference_needs_and_drops_the_training_state(tmp_path
 
 
 def test_export_can_change_the_default_sampler_and_keeps_provenance(tmp_path):
-    from weather.cli import DEFAULT_CHECKPOINT, main
+    from weather.cli import main
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.forecast import load_forecaster
 
     out = tmp_path / "fast.msgpack"
@@ -97,7 +98,8 @@ def test_export_can_change_the_default_sampler_and_keeps_provenance(tmp_path):
 
 
 def test_export_can_set_and_clear_what_the_model_conserves(tmp_path, capsys):
-    from weather.cli import DEFAULT_CHECKPOINT, main
+    from weather.cli import main
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.forecast import load_forecaster
 
     held, free = tmp_path / "held.msgpack", tmp_path / "free.msgpack"

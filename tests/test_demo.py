@@ -104,7 +104,7 @@ def test_the_shipped_checkpoint_rolls_out_15_days_without_nan(demo_dir):
     The bounds are gross (a blow-up leaves them at once), not a skill check: by day 15 the model
     drifts, e.g. z500 minima near 4490 m where the simulated climate stays above ~4600 m.
     """
-    from weather.cli import DEFAULT_CHECKPOINT
+    from weather.defaults import DEFAULT_CHECKPOINT
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import RolloutConfig
 

@@ -47,7 +47,7 @@ for name in one.data_vars:
 print("forecast OK")
 
 from service.settings import Settings
-from service.store import open_store
+from service.sql_store import open_store
 from service.worker import Worker
 from weather.model.rollout import member_keys
 settings = Settings(checkpoint={checkpoint!r}, archive={archive!r}, data_dir=out + "/svc",

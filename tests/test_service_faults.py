@@ -37,7 +37,8 @@ from service.catalog import Catalog, model_info
 from service.results import JobFiles, Subset
 from service.schemas import JobRequest, request_model
 from service.settings import Settings
-from service.store import JobState, NewJob, open_store
+from service.sql_store import open_store
+from service.store import JobState, NewJob
 
 POSTGRES_URL = os.environ.get("WEATHER_TEST_POSTGRES_URL")
 

@@ -224,9 +224,9 @@ def test_openapi_documents_every_field_with_units_and_limits(client):
 
 
 def test_expired_results_are_deleted_and_answered_410(settings, client):
-    from service.app import Service
     from service.metrics import ServiceMetrics
     from service.results import JobFiles
+    from service.runtime import Service
 
     body = {"init_time": INIT, "lead": 12, "members": 1}
     job = client.post("/forecast", json=body).json()["id"]

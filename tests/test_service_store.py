@@ -15,14 +15,13 @@ import uuid
 
 import pytest
 
-from service.sql_store import PostgresJobStore, SQLiteJobStore
+from service.sql_store import PostgresJobStore, SQLiteJobStore, open_store
 from service.store import (
     IdempotencyConflictError,
     JobState,
     JobStore,
     NewJob,
     QueueFullError,
-    open_store,
 )
 
 POSTGRES_URL = os.environ.get("WEATHER_TEST_POSTGRES_URL")

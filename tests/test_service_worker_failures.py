@@ -36,7 +36,8 @@ from service.catalog import Catalog, model_info
 from service.results import JobFiles
 from service.schemas import request_model
 from service.settings import Settings
-from service.store import NewJob, open_store
+from service.sql_store import open_store
+from service.store import NewJob
 from weather.model.rollout import BatchRoller
 
 # The analysis of this init time holds NaN (temperature at 850 hPa, at init time itself).

@@ -183,8 +183,8 @@ def test_rollout_inputs_train_on_the_ema_models_own_forecast_of_the_current_stat
     import jax.numpy as jnp
 
     from weather.model.denoiser import Forecaster
-    from weather.model.task import Normalization
-    from weather.model.train import batch_arrays, static_channels, task_windows, train_step
+    from weather.model.task import Normalization, static_channels
+    from weather.model.train import batch_arrays, task_windows, train_step
 
     model = tiny_model_config()
     norm = Normalization.from_statistics(model.task, statistics)
@@ -201,7 +201,7 @@ def test_rollout_inputs_train_on_the_ema_models_own_forecast_of_the_current_stat
     )
     for name, value in plain.items():  # the three-state batch's last two states are the task's
         np.testing.assert_array_equal(arrays[name], value)
-    static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster)))
+    static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster.task)))
     params = forecaster.init_params(jax.random.key(1))
     # EMA != params in every leaf (the output layer starts at zero, so scaling would not do):
     # the test tells which of the two made the forecast.
@@ -299,8 +299,8 @@ def test_the_ema_warms_up_then_decays_at_its_rate(tmp_path, archive, statistics)
     """EMA_t = d_t EMA_{t-1} + (1 - d_t) p_t with d_t = min(decay, (1 + t) / (10 + t)), t from 0."""
     import jax.numpy as jnp
 
-    from weather.model.task import Normalization
-    from weather.model.train import _setup, batch_arrays, static_channels, task_windows
+    from weather.model.task import Normalization, static_channels
+    from weather.model.train import _setup, batch_arrays, task_windows
 
     config = TrainConfig(steps=10, batch_size=1, warmup_steps=0, ema_decay=0.5)
     model = tiny_model_config()
@@ -310,7 +310,7 @@ def test_the_ema_warms_up_then_decays_at_its_rate(tmp_path, archive, statistics)
     params = forecaster.init_params(jax.random.PRNGKey(0))
     ema0 = jax.tree_util.tree_map(jnp.copy, params)
     opt_state = config.optimizer().init(params)
-    static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster)))
+    static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster.task)))
     windows = task_windows(archive, model.task, PERIOD, 1, seed=0)
     arrays = {k: jnp.asarray(v) for k, v in batch_arrays(windows.load([0]), forecaster).items()}
     expected_ema = jax.tree_util.tree_map(lambda x: np.array(x, copy=True), ema0)

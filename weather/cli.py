@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from weather.data.location import as_source
-
-DEFAULT_DATA_DIR = Path("data")
-DEFAULT_CHECKPOINT = Path(__file__).parent / "assets" / "checkpoint.msgpack"
+from weather.data.times import STEP
+from weather.defaults import DEFAULT_CHECKPOINT, DEFAULT_DATA_DIR
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -556,11 +556,11 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
 
 
 def _forecast(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from weather.data.location import storage_options
     from weather.data.reader import open_archive
-    from weather.forecast import forecast, load_forecaster, parse_lead
+    from weather.data.times import parse_lead
+    from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig, mesh_for
 
     model = load_forecaster(args.checkpoint)
@@ -576,7 +576,7 @@ def _forecast(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     roller = Roller(model.forecaster, rollout, mesh=mesh)
-    steps = int(parse_lead(args.lead) // np.timedelta64(12, "h"))
+    steps = int(parse_lead(args.lead) // STEP)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -860,9 +860,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_export(commands)
     _add_demo(commands)
-    from service.cli import add_service_commands  # `serve` and `worker` (the HTTP service)
-
-    add_service_commands(commands)
+    # Installed packages add their commands (the service adds `serve` and `worker`) through the
+    # "weather.commands" entry points: the library never imports its users.
+    for plugin in entry_points(group="weather.commands"):
+        plugin.load()(commands)
     return parser
 
 

@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from weather.data.constants import GRAVITY
+from weather.data.times import STEP
+
 SPINUP_ASSET = "spinup_test_1991-01-01.npz"
 HEADLINE = (("geopotential", 500), ("temperature", 850), ("u_component_of_wind", 850))
 REPORT_DAYS = (1, 3, 5, 10, 15)
@@ -104,10 +107,10 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     start = to_datetime64("1991-01-01", "start")
     last = start + np.timedelta64(round(config.archive_days * 86400), "s") - np.timedelta64(6, "h")
     valid_end = init + np.timedelta64(round(config.lead_days * 86400), "s")
-    if init - np.timedelta64(12, "h") < start or valid_end > last:
+    if init - STEP < start or valid_end > last:
         raise ValueError(
             f"init_time: {config.init_time} with a {config.lead_days:g}-day lead needs "
-            f"{init - np.timedelta64(12, 'h')} .. {valid_end}, but the embedded archive holds "
+            f"{init - STEP} .. {valid_end}, but the embedded archive holds "
             f"{start} .. {last} (archive_days={config.archive_days:g})"
         )
     store = embedded_archive(out, config.archive_days, progress=progress)
@@ -225,8 +228,8 @@ def forecast_figure(ens: xr.Dataset, truth: xr.Dataset, out: Path) -> Path:
     lon, lat = ens["longitude"].values, ens["latitude"].values
     for row, day in enumerate(leads):
         lead = np.timedelta64(day, "D")
-        z = ens["geopotential"].sel(level=500, lead_time=lead).isel(init_time=0).load() / 9.80665
-        ref = truth["geopotential"].sel(level=500, time=init + lead).load() / 9.80665
+        z = ens["geopotential"].sel(level=500, lead_time=lead).isel(init_time=0).load() / GRAVITY
+        ref = truth["geopotential"].sel(level=500, time=init + lead).load() / GRAVITY
         lo, hi = float(ref.min()), float(ref.max())
         panels = [("truth", ref.values)] + [
             (f"member {m}", z.sel(member=m).values) for m in members

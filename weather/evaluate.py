@@ -33,12 +33,11 @@ import numpy as np
 import xarray as xr
 
 from weather.data.errors import ArchiveError
-from weather.data.times import TimeLike, to_datetime64
+from weather.data.times import STEP, TimeLike, to_datetime64
 
 if TYPE_CHECKING:
     from weather.physics_ensemble import PerfectModelConfig, PhysicsEnsembleConfig
 
-STEP = np.timedelta64(12, "h")
 HEADLINE: tuple[tuple[str, int | None], ...] = (
     ("geopotential", 500),
     ("temperature", 850),
@@ -710,9 +709,9 @@ def history_hours_needed(
     """
     hours = 12
     if "physics" in names:
-        from weather.physics_ensemble import PhysicsEnsembleConfig, _needed_times
+        from weather.physics_ensemble import PhysicsEnsembleConfig, needed_times
 
         init = np.datetime64(0, "h")
-        needed = _needed_times(init, method, members, physics or PhysicsEnsembleConfig())
+        needed = needed_times(init, method, members, physics or PhysicsEnsembleConfig())
         hours = max(hours, int((init - min(needed)) // np.timedelta64(1, "h")))
     return hours

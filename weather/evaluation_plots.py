@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from weather.data.constants import GRAVITY
 from weather.evaluate import HEADLINE, target_label
 
 Target = tuple[str, int | None]
-GRAVITY = 9.80665  # m s-2: geopotential (m2 s-2) to geopotential height (m) for display
 DAY = np.timedelta64(1, "D")
 
 

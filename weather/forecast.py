@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,15 +27,17 @@ from flax import serialization
 from weather.data.errors import ArchiveError
 from weather.data.layout import annotate_forecast
 from weather.data.reader import select_window
-from weather.data.times import TimeLike, to_datetime64
+from weather.data.times import STEP, TimeLike, parse_lead, to_datetime64
 from weather.model.checkpoint import load_checkpoint
 from weather.model.denoiser import Forecaster, ModelConfig
 from weather.model.rollout import Roller, RolloutConfig
-from weather.model.task import Normalization, TaskConfig, channels_to_state, state_to_channels
-from weather.model.train import static_channels
-
-STEP = np.timedelta64(12, "h")
-MAX_LEAD = np.timedelta64(15, "D")
+from weather.model.task import (
+    Normalization,
+    TaskConfig,
+    channels_to_state,
+    state_to_channels,
+    static_channels,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,64 +80,6 @@ def check_param_shapes(template: Any, params: Any, path: str | Path) -> None:
                 f"checkpoint {path}: parameter {name} has shape {shape}, but the model's "
                 f"config makes {None if expected is None else tuple(expected.shape)}"
             )
-
-
-def parse_lead(lead: str | float | int | np.timedelta64) -> np.timedelta64:
-    """A lead time from hours (number), ``"15d"``/``"36h"``, or ISO 8601 (``"P15D"``, ``"PT36H"``).
-
-    Raises:
-      ValueError: naming the lead and why (not a duration, not a positive multiple of 12 h, or
-        beyond 15 days).
-    """
-    import pandas as pd
-
-    shown = _shown(lead)
-    if isinstance(lead, np.timedelta64):
-        td = lead.astype("timedelta64[ns]")
-    elif isinstance(lead, int | float):
-        td = _hours(lead, shown)
-    else:
-        text = str(lead).strip()
-        compact = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([dDhH]?)", text)
-        if compact:
-            # Plain numbers are hours; "15d" and "36h" are days and hours.
-            td = _hours(
-                float(compact.group(1)) * (24 if compact.group(2) in ("d", "D") else 1), shown
-            )
-        elif text.upper().startswith("P"):
-            try:
-                td = pd.Timedelta(text.upper()).to_timedelta64()
-            except (ValueError, OverflowError) as error:
-                raise ValueError(f"lead {shown}: not an ISO 8601 duration ({error})") from None
-        else:
-            raise ValueError(
-                f"lead {shown}: not a duration (give hours, '15d', '36h' or ISO 'P15D')"
-            )
-    if td <= np.timedelta64(0) or td % STEP != np.timedelta64(0):
-        raise ValueError(f"lead {shown}: must be a positive multiple of 12 h")
-    if td > MAX_LEAD:
-        raise ValueError(f"lead {shown}: at most 15 days")
-    return td
-
-
-def _shown(lead: object) -> str:
-    """A lead as an error message shows it: short, whatever the client sent."""
-    if isinstance(lead, int) and not isinstance(lead, bool) and lead.bit_length() > 64:
-        return f"(an integer of about {int(lead.bit_length() / 3.32)} digits)"
-    text = repr(lead)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _hours(hours: float | int, shown: str) -> np.timedelta64:
-    """``hours`` as a timedelta64[ns]; numbers beyond any lead get the range message, not an
-    overflow from the conversion."""
-    try:
-        value = float(hours)
-    except OverflowError:
-        value = math.inf
-    if not math.isfinite(value) or abs(value) > 1e6:
-        raise ValueError(f"lead {shown}: must be a finite number of hours, at most 360 (15 days)")
-    return np.timedelta64(round(value * 3600), "s").astype("timedelta64[ns]")
 
 
 def check_archive_fits(
@@ -196,7 +138,7 @@ def initial_states(
     window = select_window(archive[names].sel(level=list(task.levels)), t - STEP, t, step=STEP)
     fields = {n: window[n].values for n in names}
     both = state_to_channels(task, fields)  # [2, H, W, C]
-    return both[0], both[1], static_channels(archive, forecaster)
+    return both[0], both[1], static_channels(archive, forecaster.task)
 
 
 def _forecast_template(

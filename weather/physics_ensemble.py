@@ -69,9 +69,8 @@ from dinosaur import primitive_equations, spherical_harmonic, time_integration
 from weather.data.errors import ArchiveError
 from weather.data.grid import equiangular_grid
 from weather.data.layout import annotate_forecast
-from weather.data.times import TimeLike, format_times, to_datetime64
+from weather.data.times import STEP, TimeLike, format_times, parse_lead, to_datetime64
 from weather.data.variables import SIMULATED_LEVEL_VARIABLES, SIMULATED_SURFACE_VARIABLES
-from weather.forecast import parse_lead
 from weather.sim.dynamics import HeldSuarezModel, SimulationConfig
 from weather.sim.initialise import (
     ANALYSIS_TRUNCATION,
@@ -95,7 +94,6 @@ from weather.sim.simulate import get_model
 
 METHODS: tuple[str, ...] = ("noise", "lagged", "bred")
 DRAWS: tuple[str, ...] = ("balanced", "gaussian")
-STEP = np.timedelta64(12, "h").astype("timedelta64[ns]")
 VARIABLES: tuple[str, ...] = (*SIMULATED_LEVEL_VARIABLES, *SIMULATED_SURFACE_VARIABLES)
 
 ProgressFn = Callable[[int, int], None]
@@ -521,7 +519,7 @@ def physics_ensemble(
     config = config or PhysicsEnsembleConfig()
     _check_method(method)
     run = _prepare(archive, init_times, lead, members, variables)
-    needed = {t: _needed_times(t, method, members, config) for t in run.inits}
+    needed = {t: needed_times(t, method, members, config) for t in run.inits}
     _check_times(archive, needed)
     levels = tuple(int(p) for p in run.levels)
     simulation = config.simulation(_archive_simulation(archive), levels, run.grid)
@@ -749,9 +747,11 @@ def _prepare(
     )
 
 
-def _needed_times(
+def needed_times(
     init: np.datetime64, method: str, members: int, config: PhysicsEnsembleConfig
 ) -> list[np.datetime64]:
+    """The analysis times an ensemble of `method` started at `init` reads: the init alone
+    ("noise"), the lagged inits ("lagged"), or the breeding cycles' starts ("bred")."""
     if method == "lagged":
         lag = np.timedelta64(config.lag_hours, "h")
         return [init - i * lag for i in range(members)]

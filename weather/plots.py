@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from weather.data.constants import GRAVITY
+
 
 def archive_overview(ds: xr.Dataset, time_index: int, out: str | Path) -> Path:
     """A four-panel PNG: z500 and t850 maps, zonal-mean u (level x latitude), surface pressure.
@@ -25,7 +27,7 @@ def archive_overview(ds: xr.Dataset, time_index: int, out: str | Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(12, 7), constrained_layout=True)
     lon, lat = snap["longitude"].values, snap["latitude"].values
     panels = [
-        (axes[0, 0], snap["geopotential"].sel(level=500) / 9.80665, "z500 (m)", "viridis"),
+        (axes[0, 0], snap["geopotential"].sel(level=500) / GRAVITY, "z500 (m)", "viridis"),
         (axes[0, 1], snap["temperature"].sel(level=850, method="nearest"), "t850 (K)", "RdBu_r"),
         (axes[1, 1], snap["surface_pressure"] / 100, "surface pressure (hPa)", "cividis"),
     ]

@@ -36,6 +36,7 @@ import xarray as xr
 
 from weather.data import times as times_lib
 from weather.data import variables as catalogue
+from weather.data.constants import GRAVITY
 from weather.data.errors import ArchiveError
 from weather.data.location import is_url
 from weather.data.times import TimeLike, format_hours, format_times, to_datetime64
@@ -46,8 +47,6 @@ Chunks = Literal["auto"] | dict[str, int | Literal["auto"]] | None
 
 CANONICAL_DIMS: tuple[str, ...] = ("member", "time", "level", "latitude", "longitude")
 
-# Standard gravity (m s-2, WMO), the factor between geopotential height and geopotential.
-STANDARD_GRAVITY = 9.80665
 
 # Other names that real archives give the canonical dims (cfgrib, CDS netCDF, CMIP, short names).
 _DIM_ALIASES: dict[str, tuple[str, ...]] = {
@@ -76,7 +75,7 @@ _UNITS: dict[str, tuple[str, float, float]] = {
     "kpa": ("Pa", 1000.0, 0.0),
     "m2s-2": ("m2 s-2", 1.0, 0.0),
     # Geopotential height: ERA5 products and many models store z / g in metres.
-    **dict.fromkeys(("m", "gpm"), ("m2 s-2", STANDARD_GRAVITY, 0.0)),
+    **dict.fromkeys(("m", "gpm"), ("m2 s-2", GRAVITY, 0.0)),
     "ms-1": ("m s-1", 1.0, 0.0),
     "kmh-1": ("m s-1", 1.0 / 3.6, 0.0),
     "kgkg-1": ("kg kg-1", 1.0, 0.0),

@@ -48,7 +48,7 @@ import xarray as xr
 
 from weather.data.errors import ArchiveError
 from weather.data.grid import cell_area_weights
-from weather.data.times import LEAD, TimeLike, to_datetime64
+from weather.data.times import STEP, TimeLike, to_datetime64
 from weather.data.times import time_step as archive_step
 from weather.data.windows import canonical_field, lead_pairs
 
@@ -233,7 +233,7 @@ def compute_statistics(
         "period_end": str(np.datetime_as_string(hi, unit="s")),
         "variables": ",".join(names),
         "time_step_seconds": int(step // np.timedelta64(1, "s")),
-        "lead_hours": int(LEAD // np.timedelta64(1, "h")),
+        "lead_hours": int(STEP // np.timedelta64(1, "h")),
         "area_weighted": int(area_weighted),
         "n_times": int(period.size),
         "n_diff_pairs": len(pairs),

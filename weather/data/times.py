@@ -6,6 +6,8 @@ Every time in the data layer is a naive UTC ``datetime64[ns]``.
 from __future__ import annotations
 
 import datetime
+import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,8 +17,12 @@ import pandas as pd
 
 from weather.data.errors import ArchiveError
 
-# GenCast's step: inputs at t-12h and t, target at t+12h.
-LEAD = np.timedelta64(12, "h").astype("timedelta64[ns]")
+# The model's step (GenCast's): inputs at t-12h and t, target at t+12h; the only place it is
+# written down.
+STEP = np.timedelta64(12, "h").astype("timedelta64[ns]")
+
+# The longest forecast lead: GenCast's 15 days.
+MAX_LEAD = np.timedelta64(15, "D")
 
 # ISO 8601 strings, datetime64 scalars, datetime.date / datetime.datetime (so pd.Timestamp).
 TimeLike = str | np.datetime64 | datetime.date
@@ -96,7 +102,7 @@ def time_step(time: npt.ArrayLike) -> np.timedelta64:
             f"by {format_times([t[i + 1]])}"
         )
     step = diffs.min()
-    if LEAD % step != np.timedelta64(0):
+    if STEP % step != np.timedelta64(0):
         raise ArchiveError(
             f"coordinate 'time' has a step of {format_hours(step)}, which does not divide "
             "12 h; the task can use steps of 1, 2, 3, 4, 6 or 12 h"
@@ -108,3 +114,59 @@ def time_step(time: npt.ArrayLike) -> np.timedelta64:
             f" is not a multiple of the smallest step {format_hours(step)}"
         )
     return np.timedelta64(step, "ns")
+
+
+def parse_lead(lead: str | float | int | np.timedelta64) -> np.timedelta64:
+    """A lead time from hours (number), ``"15d"``/``"36h"``, or ISO 8601 (``"P15D"``, ``"PT36H"``).
+
+    Raises:
+      ValueError: naming the lead and why (not a duration, not a positive multiple of 12 h, or
+        beyond 15 days).
+    """
+    shown = _shown(lead)
+    if isinstance(lead, np.timedelta64):
+        td = lead.astype("timedelta64[ns]")
+    elif isinstance(lead, int | float):
+        td = _hours(lead, shown)
+    else:
+        text = str(lead).strip()
+        compact = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([dDhH]?)", text)
+        if compact:
+            # Plain numbers are hours; "15d" and "36h" are days and hours.
+            td = _hours(
+                float(compact.group(1)) * (24 if compact.group(2) in ("d", "D") else 1), shown
+            )
+        elif text.upper().startswith("P"):
+            try:
+                td = pd.Timedelta(text.upper()).to_timedelta64()
+            except (ValueError, OverflowError) as error:
+                raise ValueError(f"lead {shown}: not an ISO 8601 duration ({error})") from None
+        else:
+            raise ValueError(
+                f"lead {shown}: not a duration (give hours, '15d', '36h' or ISO 'P15D')"
+            )
+    if td <= np.timedelta64(0) or td % STEP != np.timedelta64(0):
+        raise ValueError(f"lead {shown}: must be a positive multiple of 12 h")
+    if td > MAX_LEAD:
+        raise ValueError(f"lead {shown}: at most 15 days")
+    return td
+
+
+def _shown(lead: object) -> str:
+    """A lead as an error message shows it: short, whatever the client sent."""
+    if isinstance(lead, int) and not isinstance(lead, bool) and lead.bit_length() > 64:
+        return f"(an integer of about {int(lead.bit_length() / 3.32)} digits)"
+    text = repr(lead)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _hours(hours: float | int, shown: str) -> np.timedelta64:
+    """``hours`` as a timedelta64[ns]; numbers beyond any lead get the range message, not an
+    overflow from the conversion."""
+    try:
+        value = float(hours)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value) or abs(value) > 1e6:
+        raise ValueError(f"lead {shown}: must be a finite number of hours, at most 360 (15 days)")
+    return np.timedelta64(round(value * 3600), "s").astype("timedelta64[ns]")

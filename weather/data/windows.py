@@ -47,7 +47,7 @@ import xarray as xr
 
 from weather.data import forcings as forcings_lib
 from weather.data.errors import ArchiveError
-from weather.data.times import LEAD, TimeLike, to_datetime64
+from weather.data.times import STEP, TimeLike, to_datetime64
 from weather.data.times import time_step as archive_step
 from weather.data.variables import (
     SIMULATED_LEVEL_VARIABLES,
@@ -101,7 +101,7 @@ def lead_pairs(time: npt.ArrayLike, *, start: TimeLike, end: TimeLike) -> np.nda
     t = _time_axis(time)
     archive_step(t)
     inside = _in_split(t, start, end)
-    later = _positions(t, t[inside] + LEAD)
+    later = _positions(t, t[inside] + STEP)
     ok = later >= 0
     ok[ok] = t[later[ok]] <= to_datetime64(end, "end")
     return np.stack([inside[ok], later[ok]], axis=1).astype(np.int64)

@@ -4,7 +4,7 @@ Shapes: x [B, H, W, C] -> [B, H, W, out_channels]; level l (0 finest) has channe
 a grid of H_l x W_l, H_{l+1} = ceil(H_l / 2), W_{l+1} = W_l / 2.
 
 - Every k x k convolution pads its input on the sphere instead of with zeros
-  (`weather.model.backbone.pad_sphere`): k // 2 columns wrap around in longitude and k // 2 rows
+  (`weather.model.layers.pad_sphere`): k // 2 columns wrap around in longitude and k // 2 rows
   continue over each pole on the opposite meridian (row i beyond the pole is row i - 1 before it,
   rolled by W_l / 2). The network therefore has no edge anywhere, and (without the latitude
   channels below breaking it in latitude) commutes with longitude shifts by 2^(levels-1) cells.
@@ -28,21 +28,92 @@ is about 2 k^2 H W sum_l c_l^2 (5 b + 2) / 4^l FLOPs for b blocks per level: 6.6
 
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from weather.model.backbone import (
+from weather.model.layers import (
+    AttentionImplementation,
+    ComputeDtype,
     ConditionalLayerNorm,
     NoiseEmbedding,
     SphereGrid,
-    SphereUNetConfig,
+    check_attention,
+    check_choice,
     check_inputs,
+    check_positive,
     multi_head_attention,
     pad_latitude_over_poles,
     pad_sphere,
 )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SphereUNetConfig:
+    """A U-Net of residual blocks with sphere-padded convolutions (see `weather.model.convnet`).
+
+    Attributes:
+      channels: width of each resolution level, finest first; len(channels) levels, each coarser
+        one halving latitude (ceil) and longitude. lon / 2^(levels-1) must be even.
+      blocks_per_level: residual blocks per level on the way down (one more on the way up).
+      kernel_size: odd side of the square convolution kernels.
+      num_groups: groups of every GroupNorm (must divide every level's width).
+      bottleneck_attention_layers: global self-attention blocks at the coarsest level (a
+        receptive field of the whole sphere at little cost); 0 for a pure convnet.
+      num_heads: heads of those attention blocks.
+      attention_implementation: as the transformer's.
+      noise_frequencies: sinusoidal features of c_noise (as the transformer's).
+      conditioning_dim: width of the noise embedding MLP.
+      compute_dtype: dtype of the convolution and matmul inputs; parameters stay float32.
+    """
+
+    name: ClassVar[str] = "sphere_unet"
+
+    channels: tuple[int, ...] = (64, 128, 256)
+    blocks_per_level: int = 2
+    kernel_size: int = 3
+    num_groups: int = 8
+    bottleneck_attention_layers: int = 1
+    num_heads: int = 4
+    attention_implementation: AttentionImplementation = "auto"
+    noise_frequencies: int = 32
+    conditioning_dim: int = 256
+    compute_dtype: ComputeDtype = "float32"
+
+    def __post_init__(self) -> None:
+        # Lists (from JSON) become tuples so that configs stay hashable and compare equal.
+        object.__setattr__(self, "channels", tuple(self.channels))
+        if not self.channels or any(not isinstance(c, int) or c < 1 for c in self.channels):
+            raise ValueError(f"channels must be positive ints, got {self.channels!r}")
+        check_positive(
+            self, "blocks_per_level", "kernel_size", "num_groups", "num_heads", "noise_frequencies"
+        )
+        check_positive(self, "conditioning_dim")
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+        if any(c % self.num_groups for c in self.channels):
+            raise ValueError(
+                f"num_groups ({self.num_groups}) must divide every level's width {self.channels}"
+            )
+        if not isinstance(self.bottleneck_attention_layers, int) or (
+            self.bottleneck_attention_layers < 0
+        ):
+            raise ValueError(
+                "bottleneck_attention_layers must be a non-negative int, "
+                f"got {self.bottleneck_attention_layers!r}"
+            )
+        if self.bottleneck_attention_layers and self.channels[-1] % self.num_heads:
+            raise ValueError(
+                f"the coarsest width ({self.channels[-1]}) must be divisible by num_heads "
+                f"({self.num_heads})"
+            )
+        check_attention(self)
+        check_choice(self, "compute_dtype", ("float32", "bfloat16"))
+
 
 _ACTIVATION = nn.silu
 

@@ -23,12 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from weather.data.times import STEP
 from weather.model import noise as noise_lib
 from weather.model.denoiser import Forecaster
 from weather.model.sampler import SamplerConfig
 from weather.model.task import forcing_channels
-
-STEP = np.timedelta64(12, "h")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -108,6 +108,15 @@ def state_to_channels(task: TaskConfig, fields: Mapping[str, np.ndarray]) -> np.
     return np.concatenate(parts, axis=-1).astype(np.float32)
 
 
+def static_channels(dataset: xr.Dataset, task: TaskConfig) -> np.ndarray:
+    """The archive's static fields as physical channels ``[H, W, S]`` float32 (``S`` = 0 when
+    the task has none), in the task's order."""
+    fields = [np.asarray(dataset[name].values, np.float32) for name in task.static_variables]
+    if fields:
+        return np.stack(fields, axis=-1)
+    return np.zeros((dataset["latitude"].size, dataset["longitude"].size, 0), np.float32)
+
+
 def channels_to_state(task: TaskConfig, x: np.ndarray) -> dict[str, np.ndarray]:
     """Inverse of `state_to_channels`."""
     n_lev = len(task.levels)

@@ -33,12 +33,17 @@ from flax import serialization
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from weather.data.times import STEP
 from weather.data.windows import Batch, Prefetcher, WindowConfig, Windows
 from weather.model.checkpoint import load_checkpoint, save_checkpoint
 from weather.model.denoiser import Forecaster, ModelConfig
-from weather.model.task import Normalization, TaskConfig, forcing_channels, state_to_channels
-
-LEAD = np.timedelta64(12, "h")
+from weather.model.task import (
+    Normalization,
+    TaskConfig,
+    forcing_channels,
+    state_to_channels,
+    static_channels,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -192,11 +197,11 @@ def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
         "previous": state(steps - 2),
         "current": state(steps - 1),
         "target": state_to_channels(task, batch["targets"]),
-        "forcings": forcing_channels(np.stack([t, t + LEAD], -1), lon, n_lat),
+        "forcings": forcing_channels(np.stack([t, t + STEP], -1), lon, n_lat),
     }
     if steps >= 3:
         arrays["earlier"] = state(steps - 3)
-        arrays["earlier_forcings"] = forcing_channels(np.stack([t - LEAD, t], -1), lon, n_lat)
+        arrays["earlier_forcings"] = forcing_channels(np.stack([t - STEP, t], -1), lon, n_lat)
     return arrays
 
 
@@ -224,14 +229,6 @@ def task_windows(
             input_steps=input_steps,
         ),
     )
-
-
-def static_channels(dataset: xr.Dataset, forecaster: Forecaster) -> np.ndarray:
-    """The archive's static fields as physical channels ``[H, W, S]``."""
-    fields = [
-        np.asarray(dataset[name].values, np.float32) for name in forecaster.task.static_variables
-    ]
-    return np.stack(fields, axis=-1) if fields else np.zeros((*forecaster.shape[:2], 0), np.float32)
 
 
 def data_mesh(devices: int | str | None) -> Mesh | None:
@@ -485,7 +482,7 @@ def train(
         opt_state=replicate(state.opt_state),
         step=state.step,
     )
-    static = jnp.asarray(static_channels(train_data, forecaster))
+    static = jnp.asarray(static_channels(train_data, task))
     static_n = replicate(forecaster.normalize_static(static))
     windows = task_windows(
         train_data,

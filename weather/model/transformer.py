@@ -30,7 +30,9 @@ edges.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -38,17 +40,103 @@ import jax.numpy as jnp
 import numpy as np
 
 from weather.data.grid import cell_area_weights
-from weather.model.backbone import (
+from weather.model.layers import (
     ACTIVATIONS,
+    Activation,
     AttentionImplementation,
+    ComputeDtype,
     ConditionalLayerNorm,
     NoiseEmbedding,
+    PositionEncoding,
     SphereGrid,
-    SphereTransformerConfig,
+    check_attention,
+    check_choice,
     check_inputs,
+    check_positive,
     multi_head_attention,
     pad_latitude_over_poles,
 )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SphereTransformerConfig:
+    """A patch transformer on the lat-lon grid (see `weather.model.transformer`).
+
+    Attributes:
+      patch_size: p, the side of the square patch in grid cells; tokens = ceil(lat/p) * lon/p.
+        Latitude is padded over the poles up to a multiple of p (or of p * attention_window_rows).
+      d_model: token width d.
+      num_layers: L, transformer blocks.
+      num_heads: attention heads (d_model must be divisible by it).
+      mlp_ratio: hidden width of each block's MLP, in multiples of d_model.
+      position_encoding: "xyz" encodes each patch centre's unit vector (x, y, z) on the sphere
+        (continuous across the dateline and over the poles); "latitude" only z = sin(lat), which
+        makes the network exactly equivariant to longitude shifts by whole patches (static fields
+        in the input then tell it where it is); "none" drops the encoding.
+      position_frequencies: octaves K of the Fourier features sin/cos(2^k π u), k < K, of each
+        coordinate u, fed with u itself through a two-layer MLP.
+      noise_frequencies: sinusoidal features of c_noise, log-spaced angular frequencies from
+        1 to 100 (c_noise = ln(σ)/4 spans about [-0.9, 1.1] for σ in [0.03, 80]).
+      conditioning_dim: width of the noise embedding MLP whose output sets every conditional
+        layer norm's scale and offset.
+      attention_window_rows: None for global attention over all tokens; r for attention within
+        latitude bands of r token rows spanning the full longitude circle, the bands shifted by r/2
+        on every other layer so that information crosses band edges (cost O(N·r·lon/p) instead
+        of O(N²)).
+      attention_implementation: "auto" (a batch-blocked einsum attention on CPUs, XLA's
+        jax.nn.dot_product_attention elsewhere), or one of "blocked", "xla", "cudnn" (the fused
+        flash kernel on NVIDIA GPUs, with compute_dtype "bfloat16"); see `multi_head_attention`.
+      activation: nonlinearity of the MLPs (SiLU costs less than GELU's tanh on a CPU).
+      compute_dtype: dtype of the matmul inputs; parameters stay float32.
+    """
+
+    name: ClassVar[str] = "sphere_transformer"
+
+    patch_size: int = 2
+    d_model: int = 256
+    num_layers: int = 8
+    num_heads: int = 8
+    mlp_ratio: int = 4
+    position_encoding: PositionEncoding = "xyz"
+    position_frequencies: int = 6
+    noise_frequencies: int = 32
+    conditioning_dim: int = 256
+    attention_window_rows: int | None = None
+    attention_implementation: AttentionImplementation = "auto"
+    activation: Activation = "silu"
+    compute_dtype: ComputeDtype = "float32"
+
+    def __post_init__(self) -> None:
+        check_positive(
+            self,
+            "patch_size",
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "mlp_ratio",
+            "noise_frequencies",
+            "conditioning_dim",
+        )
+        if not isinstance(self.position_frequencies, int) or self.position_frequencies < 0:
+            raise ValueError(
+                "position_frequencies must be a non-negative int, "
+                f"got {self.position_frequencies!r}"
+            )
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.attention_window_rows is not None:
+            check_positive(self, "attention_window_rows")
+            if self.attention_window_rows % 2:
+                raise ValueError(
+                    "attention_window_rows must be even (bands shift by half a band), "
+                    f"got {self.attention_window_rows}"
+                )
+        check_choice(self, "position_encoding", ("xyz", "latitude", "none"))
+        check_attention(self)
+        check_choice(self, "activation", tuple(ACTIVATIONS))
+        check_choice(self, "compute_dtype", ("float32", "bfloat16"))
 
 
 def patch_layout(grid: SphereGrid, config: SphereTransformerConfig) -> tuple[int, int, int, int]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-GRAVITY = 9.80665  # m s-2
+from weather.data.constants import GRAVITY
+
 DRY_AIR_GAS_CONSTANT = 287.05  # J kg-1 K-1
 STANDARD_LAPSE_RATE = 0.0065  # K m-1
 
