@@ -334,14 +334,14 @@ def main() -> None:
     from weather.evaluate import spaced_inits
     from weather.forecast import load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
-    from weather.model.sampler import parse_sampler
+    from weather.model.sampler import SamplerOverride
 
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
     model = load_forecaster(checkpoint)
     if args.conserve is not None:
         model = with_conserved(model, args.conserve)
     sampler = (
-        parse_sampler(args.sampler, model.forecaster.config.sampler)
+        SamplerOverride.parse(args.sampler).apply(model.forecaster.config.sampler)
         if args.sampler
         else model.forecaster.config.sampler
     )

@@ -70,7 +70,7 @@ def score_checkpoint(
     from weather.evaluate import ensemble_scores
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
-    from weather.model.sampler import parse_sampler
+    from weather.model.sampler import SamplerOverride
 
     model = load_forecaster(path)
     base = model.forecaster.config.sampler
@@ -82,7 +82,9 @@ def score_checkpoint(
         steps = 1 if kind == "short" else 30
         roller = Roller(
             model.forecaster,
-            RolloutConfig(chunk_steps=min(steps, 10), sampler=parse_sampler(spec, base)),
+            RolloutConfig(
+                chunk_steps=min(steps, 10), sampler=SamplerOverride.parse(spec).apply(base)
+            ),
         )
         rows = []
         for init in inits:

@@ -7,7 +7,7 @@ kept in ``--out-dir``)::
         --configs "2s:20 2s:8 2s:5 2m:10 2m:6" --inits 3 --lead-days 5 --members 8
 
 Each configuration (space-separated; ``[SOLVER:]N[,FIELD=VALUE...]`` as
-`weather.model.sampler.parse_sampler` reads it) is applied to the shipped checkpoint's sampler
+`weather.model.sampler.SamplerOverride` reads it) is applied to the shipped checkpoint's sampler
 (GenCast's churn and noise levels otherwise), so ``2s:20`` is GenCast's own
 sampler (39 denoiser calls per 12 h step) and ``2m:10`` the multistep solver with 10 calls. For
 the same init times, members and seed, every configuration forecasts and is scored against the
@@ -62,11 +62,11 @@ def main() -> None:
     from weather.evaluate import HEADLINE, ensemble_scores, spaced_inits
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
-    from weather.model.sampler import parse_sampler
+    from weather.model.sampler import SamplerOverride
 
     model = load_forecaster(args.checkpoint or DEFAULT_CHECKPOINT)
     configs = args.configs.split()
-    samplers = {c: parse_sampler(c, model.forecaster.config.sampler) for c in configs}
+    samplers = {c: SamplerOverride.parse(c).apply(model.forecaster.config.sampler) for c in configs}
     archive = open_archive(args.archive)
     lead_hours = round(args.lead_days * 24)
     steps = lead_hours // 12

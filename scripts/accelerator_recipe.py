@@ -251,7 +251,7 @@ def validation_scores(
     import jax.numpy as jnp
 
     from weather.model.rollout import Roller, RolloutConfig
-    from weather.model.sampler import parse_sampler
+    from weather.model.sampler import SamplerOverride
     from weather.model.train import TrainConfig, band_label
     from weather.scoring import kernels
 
@@ -299,7 +299,10 @@ def validation_scores(
         if 2 + steps * 2 >= t_axis:
             continue
         roller = Roller(
-            fc, RolloutConfig(chunk_steps=steps, sampler=parse_sampler(spec, fc.config.sampler))
+            fc,
+            RolloutConfig(
+                chunk_steps=steps, sampler=SamplerOverride.parse(spec).apply(fc.config.sampler)
+            ),
         )
         anchors = np.linspace(2, t_axis - 1 - 2 * steps, args.val_inits).astype(int)
         crps: dict[str, list[np.ndarray]] = {k: [] for k in channels}

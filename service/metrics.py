@@ -8,7 +8,6 @@ API servers and workers share the queue; the sampling metrics are the server's o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.store import JobState, JobStore
+from weather.data.atomic import replacing
 
 
 class _Collectors:
@@ -114,9 +114,9 @@ class ServiceMetrics:
         the previous or the new file, never a torn one)."""
         registry = CollectorRegistry()
         registry.register(_Collectors(self.worker_metrics))
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(generate_latest(registry))
-        os.replace(tmp, path)
+        # Several worker processes may share the file: each writes its own temporary.
+        with replacing(path, unique=True) as tmp:
+            tmp.write_bytes(generate_latest(registry))
 
     def serve_worker_file(self, path: Path) -> None:
         """Expose the worker metrics a worker process writes to ``path`` (`write_worker_file`)

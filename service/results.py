@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -31,9 +30,9 @@ from pydantic import ValidationError
 
 from service.catalog import ModelInfo, region_indices
 from service.schemas import JobRequest, Scores
-from weather.data.layout import annotate_forecast
+from weather.data.atomic import replacing, write_bytes
+from weather.data.layout import ForecastLayout, ForecastWriter
 from weather.data.times import STEP
-from weather.data.variables import CATALOGUE
 from weather.model.task import channels_to_state
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -87,31 +86,18 @@ class JobFiles:
     # -- writing (the worker) -------------------------------------------------------------------
 
     def create(self, info: ModelInfo, request: JobRequest, subset: Subset) -> None:
-        """Create the forecast store (all NaN) unless an earlier attempt did; atomic.
-
-        xarray writes the coordinates (with their CF time encoding); the empty data arrays are
-        made with zarr directly, which costs milliseconds where a lazy template costs a second.
-        """
-        if self.forecast.exists():
-            return
-        import zarr
-
+        """Create the forecast store (all NaN, one chunk per lead) unless an earlier attempt
+        did; atomic."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        m, s = request.members, request.lead_hours // 12
-        lat = info.latitude[subset.lat_index]
-        lon = info.longitude[subset.lon_index]
-        coords: dict[str, Any] = {
-            "member": np.arange(m, dtype=np.int64),
-            "init_time": np.asarray([_datetime64(request)], dtype="datetime64[ns]"),
-            "lead_time": (STEP * np.arange(1, s + 1)).astype("timedelta64[ns]"),
-            "latitude": lat,
-            "longitude": lon,
-        }
-        level_fields = [n for n in subset.variables if n in info.task.level_variables]
-        if level_fields:
-            coords["level"] = np.asarray(subset.levels, dtype=np.int64)
-        ds = xr.Dataset(
-            coords=coords,
+        layout = ForecastLayout.of(
+            subset.variables,
+            info.task.level_variables,
+            members=np.arange(request.members),
+            init_times=[_datetime64(request)],
+            lead_times=STEP * np.arange(1, request.lead_hours // 12 + 1),
+            latitude=info.latitude[subset.lat_index],
+            longitude=info.longitude[subset.lon_index],
+            levels=subset.levels,
             attrs={
                 "title": "Ensemble forecast (diffusion model)",
                 "job_id": self.job_id,
@@ -119,56 +105,23 @@ class JobFiles:
                 "seed": request.seed,
             },
         )
-        annotate_forecast(ds)
-        tmp = self.dir / "forecast.zarr.creating"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        ds.to_zarr(tmp, zarr_format=3, consolidated=False)
-        group = zarr.open_group(tmp, mode="r+", zarr_format=3)
-        for name in subset.variables:
-            dims = _dims(name in level_fields)
-            shape = tuple(ds.sizes[d] if d != "lead_time" else s for d in dims)
-            # One chunk per lead: writing a lead never touches another lead's chunk.
-            chunks = tuple(1 if d == "lead_time" else n for d, n in zip(dims, shape, strict=True))
-            entry = CATALOGUE.get(name)
-            attrs: dict[str, Any] = (
-                {} if entry is None else {"units": entry.units, "long_name": entry.long_name}
-            )
-            if entry is not None and entry.standard_name:
-                attrs["standard_name"] = entry.standard_name
-            group.create_array(
-                name,
-                shape=shape,
-                chunks=chunks,
-                dtype="float32",
-                fill_value=np.nan,
-                dimension_names=dims,
-                attributes=attrs,
-            )
-        os.replace(tmp, self.forecast)
+        ForecastWriter(layout, self.forecast, exist_ok=True)
 
     def write_leads(self, info: ModelInfo, subset: Subset, lo: int, states: np.ndarray) -> None:
         """Write leads ``lo .. lo + n - 1`` (0-based steps) from full states ``[n, M, H, W, C]``."""
-        import zarr
-
         fields = channels_to_state(info.task, np.moveaxis(states, 0, 1)[:, None])
-        group = zarr.open_group(self.forecast, mode="r+", zarr_format=3)
-        n = states.shape[0]
+        kept = {}
         for name in subset.variables:
             x = fields[name]  # [M, 1, n, (L,) H, W]
             if name in info.task.level_variables:
                 x = x[:, :, :, subset.level_index]
-            x = np.take(np.take(x, subset.lat_index, axis=-2), subset.lon_index, axis=-1)
-            array = group[name]
-            assert isinstance(array, zarr.Array)
-            array[:, :, lo : lo + n] = x.astype(np.float32)
+            kept[name] = np.take(np.take(x, subset.lat_index, axis=-2), subset.lon_index, axis=-1)
+        ForecastWriter.reopen(self.forecast).write(kept, lead=slice(lo, lo + states.shape[0]))
 
     def save_state(self, steps_done: int, previous: np.ndarray, current: np.ndarray) -> None:
         """Replace the resume state atomically (write a new file, then rename it)."""
-        tmp = self.dir / "state.npz.tmp"
-        with open(tmp, "wb") as f:
+        with replacing(self.state) as tmp, open(tmp, "wb") as f:
             np.savez(f, steps_done=np.int64(steps_done), previous=previous, current=current)
-        os.replace(tmp, self.state)
 
     def load_state(self) -> tuple[int, np.ndarray, np.ndarray] | None:
         """``(steps done, previous [M, H, W, C], current [M, H, W, C])``, or None to start over
@@ -182,9 +135,7 @@ class JobFiles:
             return None
 
     def write_scores(self, scores: dict[str, Any]) -> None:
-        tmp = self.dir / "scores.json.tmp"
-        tmp.write_text(json.dumps(scores))
-        os.replace(tmp, self.scores)
+        write_bytes(self.scores, json.dumps(scores).encode())
 
     def finish(self) -> None:
         """Drop what only resuming needed."""
@@ -274,12 +225,6 @@ class JobFiles:
                 f"scores.json does not match the scores layout ({where}: {first['msg']})"
             ) from None
         return result
-
-
-def _dims(levels: bool) -> tuple[str, ...]:
-    if levels:
-        return ("member", "init_time", "lead_time", "level", "latitude", "longitude")
-    return ("member", "init_time", "lead_time", "latitude", "longitude")
 
 
 def _datetime64(request: JobRequest) -> np.datetime64:

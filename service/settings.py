@@ -10,12 +10,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from weather.defaults import DEFAULT_CHECKPOINT, DEFAULT_DATA_DIR
+
+if TYPE_CHECKING:
+    from weather.model.sampler import SamplerOverride
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -201,9 +204,9 @@ class Settings(BaseSettings):
     def _sampler_spec(cls, text: str | None) -> str | None:
         if text is None:
             return None
-        from weather.model.sampler import SamplerConfig, parse_sampler
+        from weather.model.sampler import SamplerOverride
 
-        parse_sampler(text, SamplerConfig())  # the syntax and the values, against the defaults
+        SamplerOverride.parse(text)  # the syntax and the values, against the defaults
         return text.strip()
 
     @field_validator("devices")
@@ -249,10 +252,19 @@ class Settings(BaseSettings):
 
     @property
     def sampler_spec(self) -> str | None:
-        """The sampler to apply to the checkpoint's (`parse_sampler` text), or None for its own."""
+        """The sampler to apply to the checkpoint's (`SamplerOverride` text), or None for its
+        own."""
         if self.sampler_steps is not None:
             return str(self.sampler_steps)
         return self.sampler
+
+    @property
+    def sampler_override(self) -> SamplerOverride | None:
+        """`sampler_spec` parsed (it was validated with the settings)."""
+        from weather.model.sampler import SamplerOverride
+
+        spec = self.sampler_spec
+        return None if spec is None else SamplerOverride.parse(spec)
 
     @property
     def database(self) -> str:

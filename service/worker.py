@@ -190,7 +190,6 @@ class Worker:
         from weather.data.reader import open_archive
         from weather.forecast import load_forecaster
         from weather.model.rollout import BatchRoller, RolloutConfig, mesh_for
-        from weather.model.sampler import parse_sampler
         from weather.model.task import static_channels
 
         s = self.settings
@@ -198,11 +197,8 @@ class Worker:
             jax.config.update("jax_compilation_cache_dir", str(s.compilation_cache_dir))
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         self.info = model_info(s)
-        self.model = load_forecaster(s.checkpoint)
+        self.model = load_forecaster(s.checkpoint, sampler=s.sampler_override)
         fc = self.model.forecaster
-        sampler = fc.config.sampler
-        if s.sampler_spec is not None:
-            sampler = parse_sampler(s.sampler_spec, sampler)
         mesh = mesh_for(s.devices)
         per_call = 1 if mesh is None else mesh.devices.size
         self.roller = BatchRoller(
@@ -210,7 +206,6 @@ class Worker:
             RolloutConfig(
                 chunk_steps=s.chunk_steps,
                 initial_perturbation=s.initial_perturbation,
-                sampler=sampler,
             ),
             mesh=mesh,
             # Batch sizes are per device: each device samples its share of every call.
@@ -305,19 +300,22 @@ class Worker:
         saved = files.load_state()
         if saved is not None and saved[1].shape[0] == request.members:
             done, previous, current = saved
+            keys = np.asarray(member_keys(request.seed, index))
             log.info("job %s resumes at step %d", job.id, done)
         else:
-            prev0, cur0 = self._analysis(init)
-            # The same perturbation on both states keeps their 12 h tendency (as Roller.run).
-            previous = np.asarray(self.roller.perturb(request.seed, index, prev0))
-            current = np.asarray(self.roller.perturb(request.seed, index, cur0))
+            start = self.roller.start(request.seed, index, *self._analysis(init))
+            keys, previous, current = (
+                np.asarray(start.keys),
+                np.asarray(start.previous),
+                np.asarray(start.current),
+            )
             done = 0
         return Lane(
             job=job,
             request=request,
             subset=subset,
             files=files,
-            keys=np.asarray(member_keys(request.seed, index)),
+            keys=keys,
             previous=previous,
             current=current,
             init=init,

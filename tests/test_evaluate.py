@@ -28,6 +28,7 @@ from weather.evaluate import (
     standard_baselines,
     whole_years,
 )
+from weather.model.sampler import SamplerOverride
 from weather.model.train import TrainConfig, train
 
 
@@ -283,7 +284,10 @@ def test_an_evaluation_directory_keeps_one_set_of_settings(checkpoint, tmp_path)
     check_settings(config, checkpoint)
     check_settings(config, checkpoint)  # the same again: resumes
     other = EvaluationConfig(
-        out_dir=config.out_dir, lead_hours=24, members=4, sampler="2s:5,spread_scale=0.6"
+        out_dir=config.out_dir,
+        lead_hours=24,
+        members=4,
+        sampler=SamplerOverride.parse("2s:5,spread_scale=0.6"),
     )
     with pytest.raises(ValueError, match=r"members 2 -> 4, sampler None -> '2s:5,spread_sc"):
         check_settings(other, checkpoint)

@@ -18,7 +18,7 @@ from conftest import EPS, assert_close_per_channel
 from test_rollout import run, setup
 
 from weather.model.rollout import BatchRoller, Roller, RolloutConfig, member_keys
-from weather.model.sampler import parse_sampler
+from weather.model.sampler import SamplerOverride
 from weather.model.task import forcing_channels
 
 INIT = np.datetime64("2001-01-01T06", "ns")
@@ -42,7 +42,7 @@ def test_sample_step_turns_a_known_denoiser_output_into_the_physical_state(model
     last step, which lands on sigma = 0, return r; the state is then current + r * diff_std
     in each channel's own units (the std of 12 h differences, not the state's std)."""
     fc, params, prev, cur, static = model
-    sampler = None if spec is None else parse_sampler(spec, fc.config.sampler)
+    sampler = None if spec is None else SamplerOverride.parse(spec).apply(fc.config.sampler)
     rng = np.random.default_rng(0)
     r = rng.normal(size=(3, 1, 1, fc.task.n_state)).astype(np.float32)  # per member, channel
     fc_stub = type(fc).__new__(type(fc))

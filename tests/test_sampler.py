@@ -317,28 +317,35 @@ def test_invalid_config_is_rejected(kwargs):
         sampler.SamplerConfig(**kwargs)
 
 
-def test_parse_sampler():
+def test_sampler_override_parses_once_and_applies_to_any_base():
     base = sampler.SamplerConfig(s_churn=1.0)
-    assert sampler.parse_sampler("2m:10", base) == sampler.SamplerConfig(
+    parse = sampler.SamplerOverride.parse
+    assert parse("2m:10").apply(base) == sampler.SamplerConfig(
         s_churn=1.0, solver="2m", num_steps=10
     )
-    assert sampler.parse_sampler("6", base) == sampler.SamplerConfig(s_churn=1.0, num_steps=6)
-    with pytest.raises(ValueError, match="SOLVER:N"):
-        sampler.parse_sampler("2m:ten", base)
-    with pytest.raises(ValueError, match="solver must be one of"):
-        sampler.parse_sampler("euler:10", base)
-    with pytest.raises(ValueError, match="num_steps must be >= 2"):
-        sampler.parse_sampler("2s:1", base)
-    assert sampler.parse_sampler("2m:8, spread_scale=0.5,s_churn=0", base) == (
+    assert parse("6").apply(base) == sampler.SamplerConfig(s_churn=1.0, num_steps=6)
+    mixed = parse("2m:8, spread_scale=0.5,s_churn=0")
+    assert mixed.apply(base) == (
         sampler.SamplerConfig(solver="2m", num_steps=8, spread_scale=0.5, s_churn=0.0)
     )
-    assert sampler.parse_sampler("spread_scale=0.7", base).spread_scale == 0.7
-    with pytest.raises(ValueError, match="FIELD=VALUE with FIELD one of"):
-        sampler.parse_sampler("2s:5,temperature=0.5", base)
-    with pytest.raises(ValueError, match="s_noise='x' is not a number"):
-        sampler.parse_sampler("2s:5,s_noise=x", base)
-    with pytest.raises(ValueError, match="spread_scale must be finite and > 0"):
-        sampler.parse_sampler("2s:5,spread_scale=0", base)
+    assert str(mixed) == "2m:8, spread_scale=0.5,s_churn=0"  # what forecasts record
+    assert parse("spread_scale=0.7").apply(base).spread_scale == 0.7
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2m:ten", "SOLVER:N"),
+        ("euler:10", "solver must be one of"),
+        ("2s:1", "num_steps must be >= 2"),
+        ("2s:5,temperature=0.5", "FIELD=VALUE with FIELD one of"),
+        ("2s:5,s_noise=x", "s_noise='x' is not a number"),
+        ("2s:5,spread_scale=0", "spread_scale must be finite and > 0"),
+    ],
+)
+def test_sampler_override_refuses_bad_text_when_parsed(text, message):
+    with pytest.raises(ValueError, match=message):
+        sampler.SamplerOverride.parse(text)  # at the edge, before any model is loaded
 
 
 @pytest.mark.parametrize("solver", ["2s", "2m"])

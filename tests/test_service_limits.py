@@ -183,6 +183,9 @@ def test_sampler_setting_takes_the_general_spec():
     assert Settings(sampler=" 2m:6,spread_scale=0.5 ").sampler_spec == "2m:6,spread_scale=0.5"
     assert Settings(sampler_steps=8).sampler_spec == "8"
     assert Settings().sampler_spec is None
+    assert Settings().sampler_override is None
+    override = Settings(sampler_steps=8).sampler_override
+    assert override is not None and override.changes == (("num_steps", 8),)
     with pytest.raises(ValueError, match="sampler: 'bogus' is not SOLVER:N"):
         Settings(sampler="bogus")
     with pytest.raises(ValueError, match="spread_scale must be finite and > 0"):

@@ -68,7 +68,9 @@ def array_is_a_file(files: JobFiles) -> None:
 
 
 def scores_cannot_be_written(files: JobFiles) -> None:
-    (files.dir / "scores.json.tmp").mkdir()
+    # A non-empty folder where the scores go: no file can be renamed over it. (A folder at the
+    # temporary name would not do: the atomic writer clears what a crash left there.)
+    (files.scores / "keep").mkdir(parents=True)
 
 
 # seed -> (when: before or after the store is created, the damage, words the error must hold)

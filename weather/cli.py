@@ -154,11 +154,14 @@ def _sampler_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parsed_sampler(text: str, base: Any) -> Any:
-    from weather.model.sampler import parse_sampler
+def _parsed_sampler(text: str | None) -> Any:
+    """``--sampler`` as a `SamplerOverride` (None when not given); parsed here, once."""
+    from weather.model.sampler import SamplerOverride
 
+    if not text:
+        return None
     try:
-        return parse_sampler(text, base)
+        return SamplerOverride.parse(text)
     except ValueError as error:
         raise SystemExit(f"weather: error: --sampler: {error}") from None
 
@@ -191,7 +194,7 @@ def _demo(args: argparse.Namespace) -> int:
         init_time=args.init,
         lead_days=args.lead_days,
         members=args.members,
-        sampler=args.sampler,
+        sampler=_parsed_sampler(args.sampler),
         seed=args.seed,
     )
     summary = run_demo(config, progress=not args.quiet)
@@ -563,13 +566,8 @@ def _forecast(args: argparse.Namespace) -> int:
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig, mesh_for
 
-    model = load_forecaster(args.checkpoint)
-    sampler = model.forecaster.config.sampler
-    if args.sampler:
-        sampler = _parsed_sampler(args.sampler, sampler)
-    rollout = RolloutConfig(
-        chunk_steps=args.chunk_steps, initial_perturbation=args.perturb, sampler=sampler
-    )
+    model = load_forecaster(args.checkpoint, sampler=_parsed_sampler(args.sampler))
+    rollout = RolloutConfig(chunk_steps=args.chunk_steps, initial_perturbation=args.perturb)
     try:
         mesh = mesh_for(args.devices)
     except ValueError as error:
@@ -691,12 +689,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         lead_hours=lead_hours,
         members=args.members,
         seed=args.seed,
-        sampler=args.sampler,
+        sampler=_parsed_sampler(args.sampler),  # fails now, not after the baselines
     )
-    if args.sampler:
-        from weather.model.sampler import SamplerConfig
-
-        _parsed_sampler(args.sampler, SamplerConfig())  # fail now, not after the baselines
     try:
         check_settings(config, args.checkpoint)
     except ValueError as error:
@@ -778,8 +772,9 @@ def _export(args: argparse.Namespace) -> int:
     sampler = conserve = None
     metadata: dict[str, Any] = {}
     model = ModelConfig.from_dict(load_checkpoint(args.source)["configs"]["model"])
-    if args.sampler:
-        chosen = _parsed_sampler(args.sampler, model.sampler)
+    override = _parsed_sampler(args.sampler)
+    if override is not None:
+        chosen = override.apply(model.sampler)
         sampler = json.loads(json.dumps(dataclasses.asdict(chosen)))
         metadata["sampler_set_by"] = f"weather export --sampler {args.sampler}"
     if args.conserve:

@@ -19,13 +19,16 @@ import shutil
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from weather.data.constants import GRAVITY
 from weather.data.times import STEP
+
+if TYPE_CHECKING:
+    from weather.model.sampler import SamplerOverride
 
 SPINUP_ASSET = "spinup_test_1991-01-01.npz"
 HEADLINE = (("geopotential", 500), ("temperature", 850), ("u_component_of_wind", 850))
@@ -44,8 +47,7 @@ class DemoConfig:
       init_time: the forecast's initial time (UTC); the archive holds it and the 12 h before.
       lead_days: forecast length (days, a multiple of 0.5).
       members: ensemble size.
-      sampler: ``"SOLVER:N"`` or ``"N"`` (`weather.model.sampler.parse_sampler`) applied to the
-        checkpoint's sampler (None: the checkpoint's own).
+      sampler: changes to the checkpoint's sampler (None: the checkpoint's own).
       seed: the forecast's seed.
       archive_days: days of the embedded archive (from 1991-01-01T00); it must hold the init,
         the 12 h before it and every valid time.
@@ -56,7 +58,7 @@ class DemoConfig:
     init_time: str = "1991-01-02T00"
     lead_days: float = 15.0
     members: int = 8
-    sampler: str | None = None
+    sampler: SamplerOverride | None = None
     seed: int = 0
     archive_days: float = EMBEDDED_ARCHIVE_DAYS
 
@@ -97,8 +99,6 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     from weather.data.reader import open_archive
     from weather.data.times import to_datetime64
     from weather.forecast import forecast, load_forecaster
-    from weather.model.rollout import RolloutConfig
-    from weather.model.sampler import parse_sampler
     from weather.scoring.metrics import align_truth, crps
 
     out = config.data_dir
@@ -116,10 +116,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     store = embedded_archive(out, config.archive_days, progress=progress)
     truth = open_archive(store)
 
-    model = load_forecaster(config.checkpoint)
-    sampler = model.forecaster.config.sampler
-    if config.sampler:
-        sampler = parse_sampler(config.sampler, sampler)
+    model = load_forecaster(config.checkpoint, sampler=config.sampler)
     target = out / "forecast.zarr"
     if target.exists():
         shutil.rmtree(target)  # the demo's own output; a rerun makes it afresh
@@ -131,7 +128,6 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
         lead=f"{config.lead_days * 24:g}h",
         members=config.members,
         seed=config.seed,
-        rollout=RolloutConfig(sampler=sampler),
         out=target,
         on_chunk=(lambda done, total: bar.update(done - bar.n)) if bar is not None else None,
     )

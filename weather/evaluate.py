@@ -36,6 +36,7 @@ from weather.data.errors import ArchiveError
 from weather.data.times import STEP, TimeLike, to_datetime64
 
 if TYPE_CHECKING:
+    from weather.model.sampler import SamplerOverride
     from weather.physics_ensemble import PerfectModelConfig, PhysicsEnsembleConfig
 
 HEADLINE: tuple[tuple[str, int | None], ...] = (
@@ -64,15 +65,15 @@ class EvaluationConfig:
       lead_hours: forecast length (hours, multiple of 12).
       members: ensemble size of the model and the ensemble baselines.
       seed: seed of every forecaster.
-      sampler: the model's sampler as `parse_sampler` text applied to the checkpoint's own
-        (``"2s:20"``, ``"2s:5,spread_scale=0.6"``; None: the checkpoint's own).
+      sampler: changes to the checkpoint's sampler (e.g. ``SamplerOverride.parse("2s:20")``;
+        None: the checkpoint's own).
     """
 
     out_dir: Path
     lead_hours: int = 360
     members: int = 8
     seed: int = 0
-    sampler: str | None = None
+    sampler: SamplerOverride | None = None
 
     @property
     def leads(self) -> np.ndarray:
@@ -145,7 +146,7 @@ def check_settings(config: EvaluationConfig, checkpoint: str | Path) -> None:
         "lead_hours": config.lead_hours,
         "members": config.members,
         "seed": config.seed,
-        "sampler": config.sampler,
+        "sampler": None if config.sampler is None else str(config.sampler),
         "checkpoint": path.name,
         "checkpoint_bytes": path.stat().st_size if path.exists() else None,
     }
@@ -189,14 +190,10 @@ def run_model(
 ) -> list[Path]:
     """Forecast every init with the checkpoint's model (one compiled rollout reused for all)."""
     from weather.forecast import forecast, load_forecaster
-    from weather.model.rollout import Roller, RolloutConfig
-    from weather.model.sampler import parse_sampler
+    from weather.model.rollout import Roller
 
-    model = load_forecaster(checkpoint)
-    sampler = model.forecaster.config.sampler
-    if config.sampler:
-        sampler = parse_sampler(config.sampler, sampler)
-    roller = Roller(model.forecaster, RolloutConfig(sampler=sampler))
+    model = load_forecaster(checkpoint, sampler=config.sampler)
+    roller = Roller(model.forecaster)
     stores = []
     for i, init in enumerate(inits):
         store = _store(config, name, init)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,13 @@ import xarray as xr
 from flax import serialization
 
 from weather.data.errors import ArchiveError
-from weather.data.layout import annotate_forecast
+from weather.data.layout import ForecastLayout, ForecastWriter
 from weather.data.reader import select_window
 from weather.data.times import STEP, TimeLike, parse_lead, to_datetime64
 from weather.model.checkpoint import load_checkpoint
 from weather.model.denoiser import Forecaster, ModelConfig
 from weather.model.rollout import Roller, RolloutConfig
+from weather.model.sampler import SamplerOverride
 from weather.model.task import (
     Normalization,
     TaskConfig,
@@ -48,11 +48,21 @@ class LoadedModel:
     path: str
 
 
-def load_forecaster(path: str | Path) -> LoadedModel:
-    """Rebuild a forecaster and its (EMA) parameters from a checkpoint file."""
+def load_forecaster(path: str | Path, sampler: SamplerOverride | None = None) -> LoadedModel:
+    """Rebuild a forecaster and its (EMA) parameters from a checkpoint file.
+
+    Args:
+      path: the checkpoint.
+      sampler: changes to the checkpoint's sampler (None: its own); the forecaster samples with
+        the result everywhere (`Forecaster.sample_step`, rollouts, forecasts' attributes).
+    """
     saved = load_checkpoint(path)
     configs = saved["configs"]
     model_config = ModelConfig.from_dict(configs["model"])
+    if sampler is not None:
+        model_config = dataclasses.replace(
+            model_config, sampler=sampler.apply(model_config.sampler)
+        )
     norm = Normalization.from_dict(saved["normalization"])
     grid = configs["grid"]
     forecaster = Forecaster(
@@ -141,47 +151,25 @@ def initial_states(
     return both[0], both[1], static_channels(archive, forecaster.task)
 
 
-def _forecast_template(
+def _forecast_layout(
     forecaster: Forecaster,
     init: np.datetime64,
     leads: np.ndarray,
     members: np.ndarray,
     attrs: dict[str, Any],
-) -> xr.Dataset:
-    import dask.array as da
-
+) -> ForecastLayout:
     task = forecaster.task
-    lat, lon = forecaster.latitude, forecaster.longitude
-    m, s = members.size, leads.size
-    levels = np.asarray(task.levels)
-    data_vars: dict[str, Any] = {}
-    for name in task.level_variables:
-        shape = (m, 1, s, levels.size, lat.size, lon.size)
-        chunks = (m, 1, 1, levels.size, lat.size, lon.size)
-        data_vars[name] = (
-            ("member", "init_time", "lead_time", "level", "latitude", "longitude"),
-            da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
-        )
-    for name in task.surface_variables:
-        surface_shape = (m, 1, s, lat.size, lon.size)
-        data_vars[name] = (
-            ("member", "init_time", "lead_time", "latitude", "longitude"),
-            da.full(surface_shape, np.nan, dtype=np.float32, chunks=(m, 1, 1, lat.size, lon.size)),
-        )
-    ds = xr.Dataset(
-        data_vars,
-        coords={
-            "member": members.astype(np.int64),
-            "init_time": np.asarray([init], dtype="datetime64[ns]"),
-            "lead_time": leads.astype("timedelta64[ns]"),
-            "level": levels.astype(np.int64),
-            "latitude": lat,
-            "longitude": lon,
-        },
+    return ForecastLayout.of(
+        (*task.level_variables, *task.surface_variables),
+        task.level_variables,
+        members=members,
+        init_times=[init],
+        lead_times=leads,
+        latitude=forecaster.latitude,
+        longitude=forecaster.longitude,
+        levels=task.levels,
         attrs=attrs,
     )
-    annotate_forecast(ds)
-    return ds
 
 
 def forecast(
@@ -233,21 +221,7 @@ def forecast(
         ),
         "initial_perturbation": roller.config.initial_perturbation,
     }
-    template = _forecast_template(fc, init, leads, member_index, attrs)
-    store = Path(out) if out is not None else None
-    if store is not None:
-        if store.exists():
-            raise FileExistsError(f"out: {store} exists; forecasts never overwrite a store")
-        tmp = store.with_name(store.name + ".creating")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        template.to_zarr(tmp, compute=False, zarr_format=3, consolidated=False)
-        os.replace(tmp, store)
-        result = None
-    else:
-        result = {
-            name: np.full(template[name].shape, np.nan, np.float32) for name in template.data_vars
-        }
+    writer = ForecastWriter(_forecast_layout(fc, init, leads, member_index, attrs), out)
     for lo, states in roller.run(
         model.params,
         previous=previous,
@@ -261,22 +235,7 @@ def forecast(
         # states: [k, M, H, W, C] -> per variable [M, 1, k, ...]
         fields = channels_to_state(fc.task, np.moveaxis(states, 0, 1)[:, None])
         hi = lo + states.shape[0]
-        if store is not None:
-            chunk = xr.Dataset({n: (template[n].dims, v) for n, v in fields.items()})
-            chunk.to_zarr(
-                store, region={"lead_time": slice(lo, hi)}, consolidated=False, zarr_format=3
-            )
-        else:
-            assert result is not None
-            for name, value in fields.items():
-                result[name][:, :, lo:hi] = value
+        writer.write(fields, lead=slice(lo, hi))
         if on_chunk is not None:
             on_chunk(hi, steps)
-    if store is not None:
-        return xr.open_zarr(store, consolidated=False)
-    assert result is not None
-    return xr.Dataset(
-        {n: (template[n].dims, result[n], template[n].attrs) for n in template.data_vars},
-        coords=template.coords,
-        attrs=template.attrs,
-    )
+    return writer.dataset()

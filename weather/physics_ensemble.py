@@ -54,8 +54,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +66,7 @@ from dinosaur import primitive_equations, spherical_harmonic, time_integration
 
 from weather.data.errors import ArchiveError
 from weather.data.grid import equiangular_grid
-from weather.data.layout import annotate_forecast
+from weather.data.layout import ForecastLayout, ForecastWriter
 from weather.data.times import STEP, TimeLike, format_times, parse_lead, to_datetime64
 from weather.data.variables import SIMULATED_LEVEL_VARIABLES, SIMULATED_SURFACE_VARIABLES
 from weather.sim.dynamics import HeldSuarezModel, SimulationConfig
@@ -803,39 +801,18 @@ class _AnalysisCache:
         return self._cache[time]
 
 
-def _template(run: _Run, attrs: dict[str, Any]) -> xr.Dataset:
-    import dask.array as da
-
-    m, n_init, n_lead = run.members, run.inits.size, run.leads.size
-    lat, lon, levels = run.latitude, run.longitude, run.levels
-    data_vars: dict[str, Any] = {}
-    for name in run.names:
-        if name in SIMULATED_LEVEL_VARIABLES:
-            dims: tuple[str, ...] = ("member", "init_time", "lead_time", "level")
-            shape: tuple[int, ...] = (m, n_init, n_lead, levels.size)
-        else:
-            dims, shape = ("member", "init_time", "lead_time"), (m, n_init, n_lead)
-        chunks = (m, 1, 1, *shape[3:], lat.size, lon.size)
-        data_vars[name] = (
-            (*dims, "latitude", "longitude"),
-            da.full((*shape, lat.size, lon.size), np.nan, dtype=np.float32, chunks=chunks),
-        )
-    ds = xr.Dataset(
-        data_vars,
-        coords={
-            "member": np.arange(m, dtype=np.int64),
-            "init_time": run.inits,
-            "lead_time": run.leads,
-            "level": levels,
-            "latitude": lat,
-            "longitude": lon,
-        },
+def _layout(run: _Run, attrs: dict[str, Any]) -> ForecastLayout:
+    return ForecastLayout.of(
+        run.names,
+        [n for n in run.names if n in SIMULATED_LEVEL_VARIABLES],
+        members=np.arange(run.members),
+        init_times=run.inits,
+        lead_times=run.leads,
+        latitude=run.latitude,
+        longitude=run.longitude,
+        levels=run.levels,
         attrs=attrs,
     )
-    if not any(n in SIMULATED_LEVEL_VARIABLES for n in run.names):
-        ds = ds.drop_vars("level")
-    annotate_forecast(ds)
-    return ds
 
 
 def _run_ensemble(
@@ -847,25 +824,14 @@ def _run_ensemble(
     on_progress: ProgressFn | None,
     adjust: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
 ) -> xr.Dataset:
-    template = _template(run, attrs)
-    store = Path(out) if out is not None else None
-    result: dict[str, np.ndarray] | None = None
-    if store is not None:
-        if store.exists():
-            raise FileExistsError(f"out: {store} exists; forecasts never overwrite a store")
-        tmp = store.with_name(store.name + ".creating")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        template.to_zarr(tmp, compute=False, zarr_format=3, consolidated=False)
-        os.replace(tmp, store)
-    else:
-        result = {n: np.full(template[n].shape, np.nan, np.float32) for n in run.names}
+    layout = _layout(run, attrs)
+    writer = ForecastWriter(layout, out)
     n_leads = run.leads.size
     total = run.inits.size * run.members
     done = 0
     for i, init in enumerate(run.inits):
         fields = {
-            n: np.empty((run.members, 1, *template[n].shape[2:]), np.float32) for n in run.names
+            n: np.empty((run.members, 1, *layout.shape(n)[2:]), np.float32) for n in run.names
         }
         for member, state in enumerate(states(init)):
             output = model.forecast(state, n_leads)
@@ -882,23 +848,8 @@ def _run_ensemble(
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
-        if store is not None:
-            chunk = xr.Dataset({n: (template[n].dims, v) for n, v in fields.items()})
-            chunk.to_zarr(
-                store, region={"init_time": slice(i, i + 1)}, consolidated=False, zarr_format=3
-            )
-        else:
-            assert result is not None
-            for name, value in fields.items():
-                result[name][:, i : i + 1] = value
-    if store is not None:
-        return xr.open_zarr(store, consolidated=False)
-    assert result is not None
-    return xr.Dataset(
-        {n: (template[n].dims, result[n], template[n].attrs) for n in run.names},
-        coords=template.coords,
-        attrs=template.attrs,
-    )
+        writer.write(fields, init=slice(i, i + 1))
+    return writer.dataset()
 
 
 __all__ = [

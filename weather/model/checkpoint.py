@@ -15,12 +15,13 @@ Files are written to a temporary name and renamed, so a crash never leaves a tor
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flax import serialization
+
+from weather.data.atomic import write_bytes
 
 FORMAT = "weather-checkpoint"
 VERSION = 1
@@ -60,13 +61,7 @@ def save_checkpoint(
     data = serialization.msgpack_serialize(payload)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    return out
+    return write_bytes(out, data, sync=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

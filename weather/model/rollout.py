@@ -58,6 +58,21 @@ def member_keys(seed: int, members: np.ndarray) -> jax.Array:
     return jax.vmap(lambda m: jax.random.fold_in(base, m))(jnp.asarray(members, jnp.uint32))
 
 
+@dataclasses.dataclass(frozen=True)
+class MemberStart:
+    """How a forecast's members start: what a rollout (or a worker's lane) carries at step 0.
+
+    Attributes:
+      keys: ``[M]`` member keys (`member_keys`).
+      previous, current: ``[M, H, W, C]`` physical initial states at init-12h and init, each
+        with the member's initial perturbation (if any).
+    """
+
+    keys: jax.Array
+    previous: jax.Array
+    current: jax.Array
+
+
 class Roller:
     """Compiled rollout chunks for one forecaster; reuse it across requests.
 
@@ -77,6 +92,13 @@ class Roller:
 
     @functools.cached_property
     def _chunk(self) -> Callable[..., Any]:
+        """The compiled chunk, shared by `run` and `BatchRoller.advance`.
+
+        ``(params, keys [B], previous [B, H, W, C], current, step0, forcings [k, (B,) H, W, F],
+        static) -> (previous, current, states [k, B, H, W, C])`` (normalized states): ``step0``
+        is the lead step of ``current``, one for all members (a scalar) or each its own ``[B]``;
+        member ``b`` draws its step ``s`` from ``fold_in(keys[b], s)``.
+        """
         fc = self.forecaster
         sampler = self.config.sampler
 
@@ -85,15 +107,18 @@ class Roller:
 
             def body(carry, xs):
                 prev, cur = carry
-                step, forc = xs
-                step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+                steps, forc = xs  # [B] uint32, [(B,) H, W, F]
+                step_keys = jax.vmap(jax.random.fold_in)(keys, steps)
                 nxt = fc.sample_step(params, step_keys, prev, cur, forc, static, sampler)
                 return (cur, nxt), nxt
 
-            steps = step0 + jnp.arange(forcings.shape[0], dtype=jnp.uint32)
+            k, b = forcings.shape[0], keys.shape[0]
+            offsets = jnp.arange(k, dtype=jnp.uint32)[:, None]
+            steps = jnp.broadcast_to(step0 + offsets, (k, b))  # [k, B]
             (prev, cur), out = jax.lax.scan(body, (previous, current), (steps, forcings))
             return prev, cur, out
 
+        # The carries are donated: each chunk's outputs feed the next.
         return jax.jit(chunk, donate_argnums=(2, 3))
 
     def _shard(self, x: jax.Array) -> jax.Array:
@@ -118,6 +143,23 @@ class Roller:
 
         noise = jax.vmap(one)(keys) * amp * jnp.asarray(fc.normalization.diff_std)
         return x + noise
+
+    def start(
+        self, seed: int, members: np.ndarray, previous: np.ndarray, current: np.ndarray
+    ) -> MemberStart:
+        """The members' keys and initial states, as `run` starts them (see `MemberStart`).
+
+        Args:
+          seed: the forecast's seed.
+          members: member indices ``[M]``.
+          previous, current: analysis states at init-12h and init, ``[H, W, C]`` physical.
+        """
+        # The same perturbation on both input states keeps their 12 h tendency intact.
+        return MemberStart(
+            keys=member_keys(seed, members),
+            previous=self.perturb(seed, members, previous),
+            current=self.perturb(seed, members, current),
+        )
 
     def run(
         self,
@@ -150,11 +192,9 @@ class Roller:
             # (their keys are their own, so no real member changes), dropped from the output.
             extra = self.mesh.devices.size - index.size % self.mesh.devices.size
             index = np.concatenate([index, index.max() + 1 + np.arange(extra)])
-        keys = self._shard(member_keys(seed, index))
-        pert_prev = self.perturb(seed, index, previous)
-        # The same perturbation on both input states keeps their 12 h tendency intact.
-        pert_cur = self.perturb(seed, index, current)
-        prev, cur = self._shard(pert_prev), self._shard(pert_cur)
+        start = self.start(seed, index, previous, current)
+        keys = self._shard(start.keys)
+        prev, cur = self._shard(start.previous), self._shard(start.current)
         static_n = fc.normalize_static(jnp.asarray(static, jnp.float32))
         k = self.config.chunk_steps
         t0 = np.asarray(init_time, dtype="datetime64[ns]")
@@ -251,29 +291,6 @@ class BatchRoller(Roller):
                 return size
         raise ValueError(f"members: {members} exceed the largest batch size {self.max_members}")
 
-    @functools.cached_property
-    def _mixed_chunk(self) -> Callable[..., Any]:
-        fc = self.forecaster
-        sampler = self.config.sampler
-
-        def chunk(params, keys, previous, current, step0, forcings, static):
-            self.compilations += 1  # runs only while tracing
-
-            def body(carry, xs):
-                prev, cur = carry
-                steps, forc = xs  # [B] uint32, [B, H, W, 8]
-                step_keys = jax.vmap(jax.random.fold_in)(keys, steps)
-                nxt = fc.sample_step(params, step_keys, prev, cur, forc, static, sampler)
-                return (cur, nxt), nxt
-
-            k = forcings.shape[0]
-            steps = step0[None, :] + jnp.arange(k, dtype=jnp.uint32)[:, None]  # [k, B]
-            _, out = jax.lax.scan(body, (previous, current), (steps, forcings))
-            return out
-
-        # No donation: the inputs are fresh host transfers and the host keeps the outputs.
-        return jax.jit(chunk)
-
     def advance(
         self,
         params: Any,
@@ -318,7 +335,7 @@ class BatchRoller(Roller):
         forc = forcing_channels(
             np.stack([t_in, t_in + STEP], axis=-1), fc.longitude, fc.latitude.size
         )
-        out = self._mixed_chunk(
+        _, _, out = self._chunk(
             params,
             self._shard(jnp.asarray(padded(key_data))),
             self._shard(jnp.asarray(padded(np.asarray(previous, np.float32)))),

@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -265,41 +266,68 @@ def sample(
     return deflated(x, mean)
 
 
-def parse_sampler(text: str, base: SamplerConfig) -> SamplerConfig:
-    """``"[SOLVER:]N[,FIELD=VALUE...]"`` applied to ``base``; errors name the bad part.
+@dataclasses.dataclass(frozen=True)
+class SamplerOverride:
+    """Changes to a checkpoint's sampler, parsed once where the user gives them (a command
+    line option, a setting) and applied where a model is loaded.
 
-    Examples: ``"2s:20"`` (GenCast's), ``"2m:10"``, ``"6"`` (the base's solver),
-    ``"2s:5,spread_scale=0.6"``, ``"2s:8,s_churn=0"``; fields are `SamplerConfig`'s numbers.
-
-    Raises:
-      ValueError: the text is not of that form, or the resulting config is invalid.
+    Attributes:
+      changes: ``(field, value)`` pairs of `SamplerConfig`, in the order given.
+      text: the ``[SOLVER:]N[,FIELD=VALUE...]`` text they were parsed from (``str`` of the
+        override; recorded in forecasts and evaluation settings).
     """
-    head, *rest = [part.strip() for part in text.split(",")]
-    changes: dict[str, object] = {}
-    if "=" in head:
-        rest.insert(0, head)
-    else:
-        solver, sep, steps = head.rpartition(":")
-        try:
-            changes["num_steps"] = int(steps)
-        except ValueError:
-            raise ValueError(
-                f"sampler: {head!r} is not SOLVER:N or N (N the number of noise levels, e.g. "
-                f"2s:20, 2m:10); solvers: {', '.join(SOLVERS)}"
-            ) from None
-        if sep:
-            changes["solver"] = solver
-    numbers = {
-        f.name for f in dataclasses.fields(SamplerConfig) if f.name not in ("solver", "num_steps")
-    }
-    for item in rest:
-        name, sep, value = item.partition("=")
-        if not sep or name not in numbers:
-            raise ValueError(
-                f"sampler: {item!r} is not FIELD=VALUE with FIELD one of {sorted(numbers)}"
-            )
-        try:
-            changes[name] = float(value)
-        except ValueError:
-            raise ValueError(f"sampler: {name}={value!r} is not a number") from None
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+    changes: tuple[tuple[str, Any], ...]
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> SamplerOverride:
+        """``"[SOLVER:]N[,FIELD=VALUE...]"``; errors name the bad part.
+
+        Examples: ``"2s:20"`` (GenCast's), ``"2m:10"``, ``"6"`` (the base's solver),
+        ``"2s:5,spread_scale=0.6"``, ``"2s:8,s_churn=0"``; fields are `SamplerConfig`'s numbers.
+
+        Raises:
+          ValueError: the text is not of that form, or its values are invalid (checked against
+            the default `SamplerConfig`).
+        """
+        head, *rest = [part.strip() for part in text.split(",")]
+        changes: dict[str, Any] = {}
+        if "=" in head:
+            rest.insert(0, head)
+        else:
+            solver, sep, steps = head.rpartition(":")
+            try:
+                changes["num_steps"] = int(steps)
+            except ValueError:
+                raise ValueError(
+                    f"sampler: {head!r} is not SOLVER:N or N (N the number of noise levels, "
+                    f"e.g. 2s:20, 2m:10); solvers: {', '.join(SOLVERS)}"
+                ) from None
+            if sep:
+                changes["solver"] = solver
+        numbers = {
+            f.name
+            for f in dataclasses.fields(SamplerConfig)
+            if f.name not in ("solver", "num_steps")
+        }
+        for item in rest:
+            name, sep, value = item.partition("=")
+            if not sep or name not in numbers:
+                raise ValueError(
+                    f"sampler: {item!r} is not FIELD=VALUE with FIELD one of {sorted(numbers)}"
+                )
+            try:
+                changes[name] = float(value)
+            except ValueError:
+                raise ValueError(f"sampler: {name}={value!r} is not a number") from None
+        override = cls(tuple(changes.items()), text)
+        override.apply(SamplerConfig())  # the values, now rather than when a model is loaded
+        return override
+
+    def apply(self, base: SamplerConfig) -> SamplerConfig:
+        """``base`` with these changes (validated: `SamplerConfig` raises on bad values)."""
+        return dataclasses.replace(base, **dict(self.changes))
+
+    def __str__(self) -> str:
+        return self.text

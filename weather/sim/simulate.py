@@ -23,8 +23,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import shutil
 import time as wallclock
 import warnings
 from collections.abc import Callable
@@ -36,6 +34,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from weather.data.atomic import replacing, write_bytes
 from weather.data.errors import ArchiveError
 from weather.data.variables import CATALOGUE, SIMULATED_LEVEL_VARIABLES
 from weather.sim.dynamics import HeldSuarezModel, SimulationConfig
@@ -74,23 +73,12 @@ class RunSpec:
             raise ValueError(f"chunk_days: must be >= 1, got {self.chunk_days}")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _save_state(path: Path, state: Any, meta: dict[str, Any]) -> None:
     leaves = jax.tree_util.tree_leaves(state)
     arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(leaves)}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # numpy appends ".npz" to any other name.
+    with replacing(path, ".tmp.npz", sync=True) as tmp:
+        np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)  # type: ignore[arg-type]
 
 
 def _load_state(path: Path, template: Any) -> tuple[Any, dict[str, Any]]:
@@ -194,36 +182,34 @@ def _create_store(
     path: Path, model: HeldSuarezModel, config: SimulationConfig, spec: RunSpec, native: bool
 ) -> None:
     times = _archive_times(model.config, spec)
-    tmp = path.with_name(path.name + ".creating")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     templates = _template(model, times, native)
-    for group, ds in templates.items():
-        ds.attrs = _store_attrs(config, spec)
-        encoding = {
-            "time": {
-                "units": "hours since 1970-01-01",
-                "calendar": "proleptic_gregorian",
-                "dtype": "int64",
-            },
-        }
-        ds.to_zarr(
-            tmp,
-            group=group or None,
-            mode="a" if group else "w",
-            compute=False,
-            zarr_format=3,
-            consolidated=False,
-            encoding=encoding,
-        )
-    # The structure never changes after this (region writes only touch chunks), so consolidated
-    # metadata stays valid and lets plain `xarray.open_zarr` open the store in one read.
-    with warnings.catch_warnings():
-        # zarr warns that consolidated metadata is not in the v3 spec yet; xarray and zarr-python
-        # both read it, and readers without it fall back to listing the store.
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(str(tmp))
-    os.replace(tmp, path)
+    with replacing(path, ".creating") as tmp:
+        for group, ds in templates.items():
+            ds.attrs = _store_attrs(config, spec)
+            encoding = {
+                "time": {
+                    "units": "hours since 1970-01-01",
+                    "calendar": "proleptic_gregorian",
+                    "dtype": "int64",
+                },
+            }
+            ds.to_zarr(
+                tmp,
+                group=group or None,
+                mode="a" if group else "w",
+                compute=False,
+                zarr_format=3,
+                consolidated=False,
+                encoding=encoding,
+            )
+        # The structure never changes after this (region writes only touch chunks), so
+        # consolidated metadata stays valid and lets plain `xarray.open_zarr` open the store in
+        # one read.
+        with warnings.catch_warnings():
+            # zarr warns that consolidated metadata is not in the v3 spec yet; xarray and
+            # zarr-python both read it, and readers without it fall back to listing the store.
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(str(tmp))
 
 
 def read_progress(path: str | Path) -> dict[str, Any] | None:
@@ -377,7 +363,7 @@ def _write_progress(path: Path, done: int, total: int, times: np.ndarray, writte
         "last_time": str(times[written - 1]),
         "updated": wallclock.strftime("%Y-%m-%dT%H:%M:%SZ", wallclock.gmtime()),
     }
-    _atomic_write_bytes(_sidecar(path, PROGRESS_SUFFIX), json.dumps(record, indent=1).encode())
+    write_bytes(_sidecar(path, PROGRESS_SUFFIX), json.dumps(record, indent=1).encode())
 
 
 def _spun_up_state(
