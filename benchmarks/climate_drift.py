@@ -331,7 +331,7 @@ def main() -> None:
 
     from weather.data.reader import open_archive
     from weather.defaults import DEFAULT_CHECKPOINT
-    from weather.evaluate import spaced_inits
+    from weather.evaluation import spaced_inits
     from weather.forecast import load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
     from weather.model.sampler import SamplerOverride

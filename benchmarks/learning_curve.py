@@ -67,7 +67,7 @@ def score_checkpoint(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """The checkpoint's 12 h and long-lead scores on the fixed inits."""
-    from weather.evaluate import ensemble_scores
+    from weather.evaluation import ensemble_scores
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
     from weather.model.sampler import SamplerOverride
@@ -245,7 +245,7 @@ def main() -> None:
     args = p.parse_args()
 
     from weather.data.reader import open_archive
-    from weather.evaluate import spaced_inits
+    from weather.evaluation import spaced_inits
     from weather.model.checkpoint import load_checkpoint
 
     out_dir = args.out_dir or args.run_dir / "learning_curve"

@@ -59,7 +59,7 @@ def main() -> None:
 
     from weather.data.reader import open_archive
     from weather.defaults import DEFAULT_CHECKPOINT
-    from weather.evaluate import HEADLINE, ensemble_scores, spaced_inits
+    from weather.evaluation import HEADLINE, ensemble_scores, spaced_inits
     from weather.forecast import forecast, load_forecaster
     from weather.model.rollout import Roller, RolloutConfig
     from weather.model.sampler import SamplerOverride

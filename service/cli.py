@@ -130,7 +130,7 @@ def with_embedded_archive(
     """
     from service.settings import Settings
     from weather.defaults import DEFAULT_DATA_DIR
-    from weather.demo import EMBEDDED_ARCHIVE_DAYS, embedded_archive
+    from weather.evaluation.demo import EMBEDDED_ARCHIVE_DAYS, embedded_archive
 
     default = Settings.model_fields["archive"].default
     if (

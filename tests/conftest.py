@@ -76,9 +76,9 @@ def simulated_archive(start: np.datetime64, times: int = 12) -> xr.Dataset:
     import dataclasses
     import json
 
+    from weather.baselines.physics import EnsembleModel
     from weather.data.grid import equiangular_grid
     from weather.data.variables import CATALOGUE
-    from weather.physics_ensemble import EnsembleModel
     from weather.sim.dynamics import SimulationConfig
     from weather.sim.initialise import total_wavenumbers
 

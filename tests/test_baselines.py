@@ -7,9 +7,19 @@ import pytest
 import xarray as xr
 from conftest import LEVELS, synthetic_archive
 
-from weather.baselines import climatology_ensemble, persistence
+from weather.baselines import (
+    Climatology,
+    DiffusionModel,
+    EnsembleForecaster,
+    PerfectModel,
+    Persistence,
+    PhysicsEnsemble,
+    climatology_ensemble,
+    persistence,
+)
 from weather.data.errors import ArchiveError
-from weather.forecast import _forecast_template
+from weather.data.layout import ForecastWriter
+from weather.forecast.run import _forecast_layout
 from weather.model.task import TaskConfig
 
 HOURS = np.timedelta64(1, "h")
@@ -53,7 +63,8 @@ def test_layout_matches_the_model_forecast(small):
     )
     init = np.datetime64("2001-01-02T00", "ns")
     leads = np.array([12, 24], "timedelta64[h]").astype("m8[ns]")
-    template = _forecast_template(model, init, leads, np.arange(2), {})  # type: ignore[arg-type]
+    layout = _forecast_layout(model, init, leads, np.arange(2), {})  # type: ignore[arg-type]
+    template = ForecastWriter(layout).dataset()  # what the model's forecast holds
     names = [*task.level_variables, *task.surface_variables]
     baselines = [
         persistence(small, [init], leads, variables=names),
@@ -153,3 +164,44 @@ def test_errors_name_the_init_time_and_variable(small, years):
         climatology_ensemble(years, ["2010-01-02"], [12], 0, [2001])
     with pytest.raises(ValueError, match="lead 'soon'"):
         persistence(small, ["2001-01-02"], ["soon"])
+
+
+def test_every_forecaster_meets_the_interface(small, tmp_path):
+    forecasters = [
+        Persistence(),
+        Climatology(small, (2001,)),
+        PhysicsEnsemble(),
+        PerfectModel(),
+        DiffusionModel(tmp_path / "unused.msgpack"),
+    ]
+    assert all(isinstance(f, EnsembleForecaster) for f in forecasters)
+
+
+def test_interface_store_holds_what_the_function_returns(small, tmp_path):
+    """Through the interface, the baselines write the stores evaluation scores: the same
+    numbers as the functions, one chunk per init time and lead."""
+    init = np.datetime64("2001-01-02T00", "ns")
+    leads = np.array([12, 24, 36], "timedelta64[h]").astype("m8[ns]")
+    cases = [
+        (Persistence(), persistence(small, [init], leads)),
+        (
+            Climatology(small, (2001,)),
+            climatology_ensemble(small, [init], leads, 2, [2001], seed=4),
+        ),
+    ]
+    for i, (forecaster, expected) in enumerate(cases):
+        store = tmp_path / f"{i}.zarr"
+        forecaster.forecast(small, init, leads, 2, 4, out=store)
+        got = xr.open_zarr(store, consolidated=False)
+        assert got["temperature"].encoding["chunks"][1:3] == (1, 1)
+        xr.testing.assert_identical(got.load(), expected.load())
+        with pytest.raises(FileExistsError):  # a store is never written twice
+            forecaster.forecast(small, init, leads, 2, 4, out=store)
+
+
+def test_climatology_needs_a_whole_year_and_simulators_contiguous_leads(small):
+    with pytest.raises(ArchiveError, match="no whole calendar year"):
+        Climatology.of(small)  # three days of 2001
+    gappy = np.array([12, 36], "timedelta64[h]").astype("m8[ns]")
+    with pytest.raises(ValueError, match="every 12 h from 12 h"):
+        PhysicsEnsemble().forecast(small, np.datetime64("2001-01-02T00"), gappy, 2, 0)

@@ -9,7 +9,7 @@ import xarray as xr
 
 from weather.data.reader import open_archive
 from weather.data.statistics import compute_statistics
-from weather.demo import DemoConfig, embedded_archive, format_summary, run_demo
+from weather.evaluation.demo import DemoConfig, embedded_archive, format_summary, run_demo
 from weather.model.backbone import SphereTransformerConfig
 from weather.model.denoiser import ModelConfig
 from weather.model.sampler import SamplerConfig

@@ -8,25 +8,29 @@ import pytest
 import xarray as xr
 from conftest import SIMULATED_START, tiny_model_config
 
-from weather.baselines import persistence
+from weather.baselines import (
+    DiffusionModel,
+    PerfectModel,
+    Persistence,
+    PhysicsEnsemble,
+    persistence,
+    whole_years,
+)
 from weather.cli import main
 from weather.data.errors import ArchiveError
-from weather.evaluate import (
+from weather.evaluation import (
     EvaluationConfig,
     check_settings,
     finished_forecasts,
     goals_report,
     history_hours_needed,
-    run_baseline,
-    run_model,
+    run_forecaster,
     score,
     scorecard,
     scorecard_reference,
     scorecard_table,
     skill_table,
     spaced_inits,
-    standard_baselines,
-    whole_years,
 )
 from weather.model.sampler import SamplerOverride
 from weather.model.train import TrainConfig, train
@@ -61,12 +65,15 @@ def test_spaced_inits_have_history_and_verification(archive):
         spaced_inits(archive, 1, 2.0, 48, t0 + np.timedelta64(12, "h"), history_hours=48)
 
 
-def test_history_hours_follow_the_physics_perturbations():
-    assert history_hours_needed(["model", "persistence", "perfect"], 8) == 12
-    assert history_hours_needed(["model", "physics"], 8) == 48  # 4 breeding cycles of 12 h
-    assert history_hours_needed(["physics"], 3, method="lagged") == 12  # members 6 h apart
-    assert history_hours_needed(["physics"], 8, method="lagged") == 42
-    assert history_hours_needed(["physics"], 8, method="noise") == 12
+def test_history_hours_follow_the_physics_perturbations(tmp_path):
+    model = DiffusionModel(tmp_path / "never-loaded.msgpack")  # history needs no parameters
+    plain = {"model": model, "persistence": Persistence(), "perfect": PerfectModel()}
+    assert history_hours_needed(plain, 8) == 12
+    assert history_hours_needed({"physics": PhysicsEnsemble()}, 8) == 48  # 4 cycles of 12 h
+    lagged = {"physics": PhysicsEnsemble(method="lagged")}
+    assert history_hours_needed(lagged, 3) == 12  # members 6 h apart
+    assert history_hours_needed(lagged, 8) == 42
+    assert history_hours_needed({"physics": PhysicsEnsemble(method="noise")}, 8) == 12
 
 
 def test_whole_years_leave_out_years_with_gaps():
@@ -81,9 +88,9 @@ def test_whole_years_leave_out_years_with_gaps():
 def test_evaluation_scores_model_and_baselines_and_resumes(archive, checkpoint, tmp_path):
     config = EvaluationConfig(out_dir=tmp_path, lead_hours=24, members=2)
     inits = spaced_inits(archive, 2, 3.0, 24, None)
-    stores = run_model(config, checkpoint, archive, inits)
-    baselines = standard_baselines(None)
-    run_baseline(config, "persistence", baselines["persistence"], archive, inits)
+    model = DiffusionModel(checkpoint)
+    stores = run_forecaster(config, "model", model, archive, inits)
+    run_forecaster(config, "persistence", Persistence(), archive, inits)
     scores = score(config, ["model", "persistence"], archive, inits)
     assert list(scores["model"].values) == ["model", "persistence"]
     assert scores.attrs["inits"] == 2
@@ -109,7 +116,7 @@ def test_evaluation_scores_model_and_baselines_and_resumes(archive, checkpoint, 
     first_run = xr.open_zarr(stores[1], consolidated=False).load()
     done = stores[1].with_name(stores[1].name + ".done")
     done.unlink()
-    again = run_model(config, checkpoint, archive, inits)
+    again = run_forecaster(config, "model", model, archive, inits)
     assert again[0].stat().st_mtime_ns == before[0]
     assert done.exists()
     assert again[1].stat().st_mtime_ns != before[1]
@@ -172,7 +179,7 @@ def test_scorecard_is_the_percentage_crps_difference():
 
 
 def test_leads_are_named_as_runs():
-    from weather.evaluate import _leads_text
+    from weather.evaluation.report import _leads_text
 
     assert _leads_text([12, 24, 36, 72, 156, 168, 180]) == "12 h to 36 h, 3 d, 156 h to 180 h"
     assert _leads_text([168]) == "7 d"

@@ -9,8 +9,8 @@ import xarray as xr
 
 from weather.data.errors import ArchiveError
 from weather.data.grid import ConservativeRegridder, equiangular_grid, gaussian_latitudes
+from weather.data.legendre import normalized_legendre
 from weather.data.variables import WB2_LEVELS
-from weather.model.noise import normalized_legendre
 from weather.sim.dynamics import SimulationConfig
 from weather.sim.initialise import (
     Analysis,

@@ -99,3 +99,55 @@ def test_the_library_never_imports_the_service_and_the_service_only_its_api() ->
     private = ("weather.cli", "weather.model.train")
     reach = {m: sorted(set(ts) & set(private)) for m, ts in graph.items()}
     assert {m: ts for m, ts in reach.items() if m.startswith("service") and ts} == {}
+
+
+# The library's layers, bottom up: a module imports only from lower layers or from its own
+# subpackage; siblings on one layer (the simulator, the model, the scores) never import each
+# other.
+LAYERS = {
+    "weather.defaults": 0,
+    "weather.data": 0,
+    "weather.sim": 1,
+    "weather.model": 1,
+    "weather.scoring": 1,
+    "weather.forecast": 2,
+    "weather.baselines": 3,
+    "weather.evaluation": 4,
+    "weather.cli": 5,
+    "weather": 5,  # the package's __init__
+}
+
+
+def layer_of(module: str) -> tuple[str, int]:
+    """(the layer's package, its rank) of a library module."""
+    parts = module.split(".")
+    for n in (2, 1):
+        key = ".".join(parts[:n])
+        if key in LAYERS:
+            return key, LAYERS[key]
+    raise KeyError(f"{module}: in no layer; add its package to LAYERS")
+
+
+def wrong_way(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    found = {}
+    for module, targets in graph.items():
+        if not module.startswith("weather"):
+            continue
+        home, rank = layer_of(module)
+        bad = [t for t in targets if layer_of(t)[0] != home and layer_of(t)[1] >= rank]
+        if bad:
+            found[module] = sorted(bad)
+    return found
+
+
+def test_the_layer_check_sees_a_wrong_way_import() -> None:
+    assert wrong_way({"weather.data.grid": {"weather.model.task"}}) == {
+        "weather.data.grid": ["weather.model.task"]
+    }
+    assert wrong_way({"weather.sim.initialise": {"weather.model.noise"}}) != {}
+    assert wrong_way({"weather.evaluation.run": {"weather.baselines.interface"}}) == {}
+
+
+def test_library_imports_run_down_the_layers() -> None:
+    """data -> (sim, model, scoring) -> forecast -> baselines -> evaluation -> command line."""
+    assert wrong_way(import_graph()) == {}

@@ -10,17 +10,10 @@ import xarray as xr
 from conftest import synthetic_archive
 from nbclient import NotebookClient
 
-from weather.baselines import persistence
+from weather.baselines import EnsembleForecaster, Persistence, persistence
 from weather.data.layout import annotate_forecast
 from weather.data.reader import open_archive
-from weather.evaluate import (
-    Baseline,
-    EvaluationConfig,
-    run_baseline,
-    score,
-    spaced_inits,
-    standard_baselines,
-)
+from weather.evaluation import EvaluationConfig, evaluate, spaced_inits
 from weather.scoring import align_truth
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -46,16 +39,29 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     assert (tmp_path / "archive_overview.png").exists()
 
 
-def _synthetic_ensemble(error: float, spread: float) -> Baseline:
+class _SyntheticEnsemble:
     """An ensemble baseline around the truth: its mean misses the truth by Gaussian noise of
     ``error`` times the variable's standard deviation (per level) times sqrt(lead in days), and
     members scatter about the mean by ``spread`` times that; ``spread == error`` is calibrated
     (flat rank histograms, spread/skill near 1), ``spread < error`` under-dispersive."""
 
-    def baseline(
-        archive: xr.Dataset, inits: np.ndarray, leads: np.ndarray, members: int, seed: int
+    def __init__(self, error: float, spread: float) -> None:
+        self.error, self.spread = error, spread
+
+    def history(self, members: int) -> np.timedelta64:
+        return np.timedelta64(0, "h")
+
+    def forecast(
+        self,
+        archive: xr.Dataset,
+        init_time: np.datetime64,
+        leads: np.ndarray,
+        members: int,
+        seed: int,
+        out: Path | None = None,
     ) -> xr.Dataset:
-        layout = persistence(archive, list(inits), list(leads))  # the forecast layout, 1 member
+        error, spread = self.error, self.spread
+        layout = persistence(archive, [init_time], list(leads))  # the forecast layout, 1 member
         rng = np.random.default_rng(seed)
         growth = xr.DataArray(np.sqrt(leads / np.timedelta64(1, "D")), dims="lead_time")
         fields = {}
@@ -68,9 +74,10 @@ def _synthetic_ensemble(error: float, spread: float) -> Baseline:
             fields[name] = value.transpose(*field.dims).astype(np.float32)
         ds = xr.Dataset(fields).assign_coords(member=np.arange(members))
         annotate_forecast(ds)
-        return ds.chunk({"member": -1, "init_time": 1, "lead_time": 1})  # as the model's stores
-
-    return baseline
+        ds = ds.chunk({"member": -1, "init_time": 1, "lead_time": 1})  # as the model's stores
+        if out is not None:
+            ds.to_zarr(out, zarr_format=3, consolidated=False, mode="w-")
+        return ds
 
 
 def test_evaluation_notebook_executes(tmp_path, monkeypatch):
@@ -82,14 +89,13 @@ def test_evaluation_notebook_executes(tmp_path, monkeypatch):
     truth = open_archive(store)
     config = EvaluationConfig(out_dir=tmp_path / "eval", lead_hours=240, members=4)
     inits = spaced_inits(truth, 2, 0.5, config.lead_hours, None)
-    baselines = {
-        "model": _synthetic_ensemble(0.1, 0.1),
-        "physics": _synthetic_ensemble(0.2, 0.1),
-        "persistence": standard_baselines(None)["persistence"],
+    forecasters: dict[str, EnsembleForecaster] = {
+        "model": _SyntheticEnsemble(0.1, 0.1),
+        "physics": _SyntheticEnsemble(0.2, 0.1),
+        "persistence": Persistence(),
     }
-    for name, baseline in baselines.items():
-        run_baseline(config, name, baseline, truth, inits)
-    score(config, list(baselines), truth, inits)
+    assert all(isinstance(f, EnsembleForecaster) for f in forecasters.values())
+    evaluate(config, forecasters, truth, inits)
     monkeypatch.setenv("WEATHER_EVALUATION_DIR", str(config.out_dir))
     monkeypatch.setenv("WEATHER_ARCHIVE", str(store))
 

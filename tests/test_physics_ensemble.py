@@ -15,10 +15,7 @@ import xarray as xr
 from conftest import SIMULATED_START, SIMULATED_TRUTH
 
 from weather.baselines import persistence
-from weather.data.errors import ArchiveError
-from weather.data.grid import equiangular_grid
-from weather.data.reader import open_archive
-from weather.physics_ensemble import (
+from weather.baselines.physics import (
     EnsembleModel,
     PerfectModelConfig,
     PhysicsEnsembleConfig,
@@ -27,6 +24,9 @@ from weather.physics_ensemble import (
     physics_ensemble,
     reduce_surface_pressure,
 )
+from weather.data.errors import ArchiveError
+from weather.data.grid import equiangular_grid
+from weather.data.reader import open_archive
 from weather.sim.dynamics import SimulationConfig
 from weather.sim.initialise import Analysis, modal_spectrum, total_wavenumbers
 from weather.sim.perturbations import unresolved_std
@@ -242,7 +242,7 @@ def test_the_physics_ensemble_reports_surface_pressure_on_the_analysis_orography
     """The default reduces the model's surface pressure to the analysis's orography; the
     config keeps the model's own on request, and the two differ only by that reduction. (A T31
     model on the T21 test truth, so that the two orographies differ.)"""
-    from weather.physics_ensemble import _archive_simulation
+    from weather.baselines.physics import _archive_simulation
 
     config = dataclasses.replace(SETTINGS, resolution="T31", dt_minutes=30.0)
     both = {

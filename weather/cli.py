@@ -186,7 +186,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from weather.demo import DemoConfig, format_summary, run_demo
+    from weather.evaluation.demo import DemoConfig, format_summary, run_demo
 
     config = DemoConfig(
         data_dir=args.data_dir,
@@ -658,25 +658,29 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from weather.baselines import (
+        Climatology,
+        DiffusionModel,
+        EnsembleForecaster,
+        PerfectModel,
+        Persistence,
+        PhysicsEnsemble,
+    )
     from weather.data.location import storage_options
     from weather.data.reader import open_archive, open_archives
-    from weather.evaluate import (
+    from weather.evaluation import (
         EvaluationConfig,
         check_settings,
+        evaluate,
         goals_report,
         history_hours_needed,
-        physics_baselines,
-        run_baseline,
-        run_model,
-        score,
         scorecard,
         scorecard_reference,
         scorecard_table,
         skill_table,
         spaced_inits,
-        standard_baselines,
     )
-    from weather.evaluation_plots import metric_vs_lead, scorecard_figure
+    from weather.evaluation.plots import metric_vs_lead, scorecard_figure
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     known = {"model", "persistence", "climatology", "physics", "perfect"}
@@ -701,23 +705,25 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"error: --storage-options: {error}", file=sys.stderr)
         return 2
     archive = open_archive(args.archive, storage_options=options)
-    history = history_hours_needed(names, args.members, method=args.physics_method)
+    forecasters: dict[str, EnsembleForecaster] = {}
+    for name in names:
+        if name == "model":
+            forecasters[name] = DiffusionModel(args.checkpoint, config.sampler)
+        elif name == "persistence":
+            forecasters[name] = Persistence()
+        elif name == "climatology":
+            training = open_archives(args.climatology_archive, storage_options=options)
+            forecasters[name] = Climatology.of(training)
+        elif name == "physics":
+            forecasters[name] = PhysicsEnsemble(method=args.physics_method)
+        else:
+            forecasters[name] = PerfectModel()
+    history = history_hours_needed(forecasters, args.members)
     inits = spaced_inits(
         archive, args.inits, args.spacing_days, lead_hours, args.first, history_hours=history
     )
     say = None if args.quiet else (lambda text: print(text, flush=True))
-    clim = (
-        open_archives(args.climatology_archive, storage_options=options)
-        if "climatology" in names
-        else None
-    )
-    baselines = {**standard_baselines(clim), **physics_baselines(method=args.physics_method)}
-    for name in names:
-        if name == "model":
-            run_model(config, args.checkpoint, archive, inits, progress=say)
-        else:
-            run_baseline(config, name, baselines[name], archive, inits, progress=say)
-    scores = score(config, names, archive, inits)
+    scores = evaluate(config, forecasters, archive, inits, progress=say)
     print(f"fair CRPS (variable's units), {len(inits)} inits, {args.members} members\n")
     print(skill_table(scores))
     print("\nspread/skill (1 is calibrated; - for single forecasts)\n")

@@ -41,8 +41,8 @@ from dinosaur import primitive_equations, spherical_harmonic
 
 from weather.data.errors import ArchiveError
 from weather.data.grid import cell_area_weights, latitude_bounds
+from weather.data.legendre import normalized_legendre
 from weather.data.times import TimeLike, to_datetime64
-from weather.model.noise import normalized_legendre
 from weather.sim.dynamics import HeldSuarezModel
 from weather.sim.pressure import DRY_AIR_GAS_CONSTANT, GRAVITY, STANDARD_LAPSE_RATE
 

@@ -1,6 +1,6 @@
 """Perturbations of dinosaur modal states: noise, spectra, unresolved scales, rotations.
 
-The spectral arithmetic behind `weather.physics_ensemble`. Modal fields are ``[layer, M, L]``
+The spectral arithmetic behind `weather.baselines.physics`. Modal fields are ``[layer, M, L]``
 in dinosaur's layout (rows ``2m``, ``2m + 1``: cosine and sine of zonal wavenumber ``m``;
 columns: total wavenumber ``l``) and nondimensional units; with its basis
 (``int Y^2 dOmega = 1`` on the unit sphere) Parseval reads

@@ -1,8 +1,8 @@
-"""The functional inference entry point: checkpoint + analysis archive -> ensemble forecast.
+"""Running a loaded model: analysis archive -> ensemble forecast.
 
-`load_forecaster` rebuilds the model from a checkpoint; `forecast` reads the two analysis states
-at ``init - 12h`` and ``init``, rolls the ensemble out chunk by chunk, and either returns the
-forecast as an `xarray.Dataset` or streams each chunk of leads into a Zarr store as it is produced.
+`forecast` reads the two analysis states at ``init - 12h`` and ``init`` (`initial_states`),
+rolls the ensemble out chunk by chunk, and either returns the forecast as an `xarray.Dataset` or
+streams each chunk of leads into a Zarr store as it is produced (`weather.data.layout`).
 
 Forecast layout (WeatherBench2 style, physical units, canonical names): dims
 ``member, init_time, lead_time, level, latitude, longitude`` for level fields and
@@ -21,75 +21,20 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from flax import serialization
 
 from weather.data.errors import ArchiveError
 from weather.data.layout import ForecastLayout, ForecastWriter
 from weather.data.reader import select_window
 from weather.data.times import STEP, TimeLike, parse_lead, to_datetime64
-from weather.model.checkpoint import load_checkpoint
-from weather.model.denoiser import Forecaster, ModelConfig
+from weather.forecast.load import LoadedModel
+from weather.model.denoiser import Forecaster
 from weather.model.rollout import Roller, RolloutConfig
-from weather.model.sampler import SamplerOverride
 from weather.model.task import (
-    Normalization,
     TaskConfig,
     channels_to_state,
     state_to_channels,
     static_channels,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-    forecaster: Forecaster
-    params: Any
-    metadata: dict[str, Any]
-    path: str
-
-
-def load_forecaster(path: str | Path, sampler: SamplerOverride | None = None) -> LoadedModel:
-    """Rebuild a forecaster and its (EMA) parameters from a checkpoint file.
-
-    Args:
-      path: the checkpoint.
-      sampler: changes to the checkpoint's sampler (None: its own); the forecaster samples with
-        the result everywhere (`Forecaster.sample_step`, rollouts, forecasts' attributes).
-    """
-    saved = load_checkpoint(path)
-    configs = saved["configs"]
-    model_config = ModelConfig.from_dict(configs["model"])
-    if sampler is not None:
-        model_config = dataclasses.replace(
-            model_config, sampler=sampler.apply(model_config.sampler)
-        )
-    norm = Normalization.from_dict(saved["normalization"])
-    grid = configs["grid"]
-    forecaster = Forecaster(
-        model_config, norm, np.asarray(grid["latitude"]), np.asarray(grid["longitude"])
-    )
-    import jax
-
-    template = forecaster.param_shapes()
-    params = serialization.from_state_dict(template, saved["params"])
-    check_param_shapes(template, params, path)
-    return LoadedModel(forecaster, jax.device_put(params), saved["metadata"], str(path))
-
-
-def check_param_shapes(template: Any, params: Any, path: str | Path) -> None:
-    """Raise `ValueError` naming the first parameter whose shape differs from the model's."""
-    import jax
-
-    want = dict(jax.tree_util.tree_leaves_with_path(template))
-    for key, value in jax.tree_util.tree_leaves_with_path(params):
-        expected = want.get(key)
-        shape = tuple(np.shape(value))
-        if expected is None or tuple(expected.shape) != shape:
-            name = jax.tree_util.keystr(key)
-            raise ValueError(
-                f"checkpoint {path}: parameter {name} has shape {shape}, but the model's "
-                f"config makes {None if expected is None else tuple(expected.shape)}"
-            )
 
 
 def check_archive_fits(
@@ -239,3 +184,6 @@ def forecast(
         if on_chunk is not None:
             on_chunk(hi, steps)
     return writer.dataset()
+
+
+__all__ = ["check_archive_fits", "forecast", "initial_states"]

@@ -1,8 +1,9 @@
-"""Figures of an evaluation (`weather.evaluate`): scores by lead, scorecard, ranks and maps.
+"""Every figure the library draws: an evaluation's scores by lead, scorecard, ranks and maps,
+the demo's forecast maps and an archive's overview.
 
 Each function draws one PNG (matplotlib, Agg: no display needed) and returns its path. Scores
 come from ``scores.nc`` (dims ``model, metric, lead_time[, level]``); forecasts from
-`weather.evaluate.finished_forecasts` (dims ``member, init_time, lead_time, [level,] latitude,
+`weather.evaluation.run.finished_forecasts` (dims ``member, init_time, lead_time, [level,] latitude,
 longitude``); the truth is a canonical analysis archive (``time, [level,] latitude,
 longitude``). Leads are drawn in days.
 """
@@ -17,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from weather.data.constants import GRAVITY
-from weather.evaluate import HEADLINE, target_label
+from weather.evaluation.report import HEADLINE, target_label
 
 Target = tuple[str, int | None]
 DAY = np.timedelta64(1, "D")
@@ -113,7 +114,7 @@ def scorecard_figure(card: xr.Dataset, out: str | Path, *, limit: float = 20.0) 
     """GenCast-style scorecard: one panel per variable, levels x leads, coloured by percent.
 
     Args:
-      card: `weather.evaluate.scorecard` (percent, dims ``lead_time[, level]``; attrs ``model``
+      card: `weather.evaluation.scorecard` (percent, dims ``lead_time[, level]``; attrs ``model``
         and ``reference``).
       out: PNG path.
       limit: percent at which the diverging colours saturate (blue: ``model`` better, red:
@@ -300,8 +301,88 @@ def member_maps(
     return _save(plt, fig, out)
 
 
+def forecast_figure(ens: xr.Dataset, truth: xr.Dataset, out: Path) -> Path:
+    """z500 maps: the truth next to three members and the ensemble spread at days 1, 5 and 10."""
+    plt = _pyplot()
+    init = ens["init_time"].values[0]
+    leads = [d for d in (1, 5, 10) if np.timedelta64(d, "D") <= ens["lead_time"].values[-1]]
+    members = [int(m) for m in ens["member"].values[:3]]
+    fig, axes = plt.subplots(
+        len(leads),
+        2 + len(members),
+        figsize=(3.2 * (2 + len(members)), 2.2 * len(leads)),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    lon, lat = ens["longitude"].values, ens["latitude"].values
+    for row, day in enumerate(leads):
+        lead = np.timedelta64(day, "D")
+        z = ens["geopotential"].sel(level=500, lead_time=lead).isel(init_time=0).load() / GRAVITY
+        ref = truth["geopotential"].sel(level=500, time=init + lead).load() / GRAVITY
+        lo, hi = float(ref.min()), float(ref.max())
+        panels = [("truth", ref.values)] + [
+            (f"member {m}", z.sel(member=m).values) for m in members
+        ]
+        for col, (title, field) in enumerate(panels):
+            ax = axes[row, col]
+            ax.pcolormesh(lon, lat, field, vmin=lo, vmax=hi, cmap="viridis", shading="auto")
+            ax.set_title(f"{title}, day {day}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax = axes[row, -1]
+        mesh = ax.pcolormesh(lon, lat, z.std("member").values, cmap="magma", shading="auto")
+        fig.colorbar(mesh, ax=ax)
+        ax.set_title(f"spread (m), day {day}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"z500 (m) from {np.datetime_as_string(init, unit='h')}")
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def archive_overview(ds: xr.Dataset, time_index: int, out: str | Path) -> Path:
+    """A four-panel PNG: z500 and t850 maps, zonal-mean u (level x latitude), surface pressure.
+
+    Args:
+      ds: canonical archive (time, level, latitude, longitude).
+      time_index: which time to map.
+      out: PNG path.
+    """
+    plt = _pyplot()
+    snap = ds.isel(time=time_index).load()
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), constrained_layout=True)
+    lon, lat = snap["longitude"].values, snap["latitude"].values
+    panels = [
+        (axes[0, 0], snap["geopotential"].sel(level=500) / GRAVITY, "z500 (m)", "viridis"),
+        (axes[0, 1], snap["temperature"].sel(level=850, method="nearest"), "t850 (K)", "RdBu_r"),
+        (axes[1, 1], snap["surface_pressure"] / 100, "surface pressure (hPa)", "cividis"),
+    ]
+    for ax, field, title, cmap in panels:
+        mesh = ax.pcolormesh(lon, lat, np.asarray(field), cmap=cmap, shading="auto")
+        fig.colorbar(mesh, ax=ax)
+        ax.set_title(title)
+        ax.set_xlabel("longitude")
+        ax.set_ylabel("latitude")
+    u = ds["u_component_of_wind"].mean(("time", "longitude")).load()
+    ax = axes[1, 0]
+    mesh = ax.contourf(lat, u["level"].values, np.asarray(u), levels=21, cmap="RdBu_r")
+    fig.colorbar(mesh, ax=ax)
+    ax.invert_yaxis()
+    ax.set_title("zonal-mean u, time mean (m/s)")
+    ax.set_xlabel("latitude")
+    ax.set_ylabel("pressure (hPa)")
+    fig.suptitle(f"{np.datetime_as_string(snap['time'].values, unit='h')}")
+    path = Path(out)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 __all__ = [
+    "archive_overview",
     "available_leads",
+    "forecast_figure",
     "member_maps",
     "metric_vs_lead",
     "rank_histograms",

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from weather.data.constants import GRAVITY
 from weather.data.times import STEP
+from weather.evaluation.plots import forecast_figure
 
 if TYPE_CHECKING:
     from weather.model.sampler import SamplerOverride
@@ -202,50 +202,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         for lead, row in rows.items():
             lines.append(f"{target:<28}{lead:>6}{row['model']:>12.3f}{row['persistence']:>14.3f}")
     return "\n".join(lines)
-
-
-def forecast_figure(ens: xr.Dataset, truth: xr.Dataset, out: Path) -> Path:
-    """z500 maps: the truth next to three members and the ensemble spread at days 1, 5 and 10."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    init = ens["init_time"].values[0]
-    leads = [d for d in (1, 5, 10) if np.timedelta64(d, "D") <= ens["lead_time"].values[-1]]
-    members = [int(m) for m in ens["member"].values[:3]]
-    fig, axes = plt.subplots(
-        len(leads),
-        2 + len(members),
-        figsize=(3.2 * (2 + len(members)), 2.2 * len(leads)),
-        squeeze=False,
-        constrained_layout=True,
-    )
-    lon, lat = ens["longitude"].values, ens["latitude"].values
-    for row, day in enumerate(leads):
-        lead = np.timedelta64(day, "D")
-        z = ens["geopotential"].sel(level=500, lead_time=lead).isel(init_time=0).load() / GRAVITY
-        ref = truth["geopotential"].sel(level=500, time=init + lead).load() / GRAVITY
-        lo, hi = float(ref.min()), float(ref.max())
-        panels = [("truth", ref.values)] + [
-            (f"member {m}", z.sel(member=m).values) for m in members
-        ]
-        for col, (title, field) in enumerate(panels):
-            ax = axes[row, col]
-            ax.pcolormesh(lon, lat, field, vmin=lo, vmax=hi, cmap="viridis", shading="auto")
-            ax.set_title(f"{title}, day {day}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        ax = axes[row, -1]
-        mesh = ax.pcolormesh(lon, lat, z.std("member").values, cmap="magma", shading="auto")
-        fig.colorbar(mesh, ax=ax)
-        ax.set_title(f"spread (m), day {day}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"z500 (m) from {np.datetime_as_string(init, unit='h')}")
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
 
 
 def _bar(enabled: bool, total: int) -> Any:

@@ -290,4 +290,23 @@ def _gather(
     return ds
 
 
-__all__ = ["climatology_ensemble", "persistence"]
+def whole_years(times: np.ndarray) -> list[int]:
+    """Calendar years that ``times`` covers completely at its step (no day missing).
+
+    A year with a gap (e.g. the day between two independent runs) cannot serve every valid time
+    of a climatological ensemble, so it is left out.
+    """
+    from weather.data.times import time_step
+
+    t = np.asarray(times).astype("datetime64[ns]")
+    per_day = int(np.timedelta64(1, "D") // time_step(t))
+    years, counts = np.unique(t.astype("datetime64[Y]").astype(int) + 1970, return_counts=True)
+    out = []
+    for year, count in zip(years, counts, strict=True):
+        days = (np.datetime64(f"{year + 1}-01-01") - np.datetime64(f"{year}-01-01")).astype(int)
+        if count == days * per_day:
+            out.append(int(year))
+    return out
+
+
+__all__ = ["climatology_ensemble", "persistence", "whole_years"]

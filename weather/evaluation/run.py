@@ -1,0 +1,298 @@
+"""Running an evaluation: every forecaster forecasts the same init times, then all are scored.
+
+Layout under the output directory (every step resumable: rerun the same call and finished work
+is kept):
+
+- ``forecasts/<name>/<init>.zarr``: one store per forecaster and init time, in the forecast
+  layout (`weather.data.layout`); ``<init>.zarr.done`` marks a finished one, so an interrupted
+  forecast is redone from scratch rather than scored half-written;
+- ``settings.json``: what the forecasts were made with (`check_settings`);
+- ``scores.nc``: dims ``(model, metric, lead_time[, level])``, one data variable per forecast
+  variable, scored with `weather.scoring.batch.score_archive` against the analysis archive.
+
+Forecasters are `weather.baselines.EnsembleForecaster`s (the diffusion model and the
+baselines alike), run by `run_forecaster`.
+
+Conventions: ``crps`` is the fair CRPS for ensembles; a one-member forecast (persistence) has
+no fair CRPS, and its ``crps`` is its standard CRPS, which for one member is the mean absolute
+error (WeatherBench 2's convention for deterministic forecasts).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import xarray as xr
+
+from weather.data.atomic import replacing
+from weather.data.errors import ArchiveError
+from weather.data.times import STEP, TimeLike, to_datetime64
+
+if TYPE_CHECKING:
+    from weather.baselines.interface import EnsembleForecaster
+    from weather.model.sampler import SamplerOverride
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+    """What to evaluate.
+
+    Attributes:
+      out_dir: where forecasts and scores go.
+      lead_hours: forecast length (hours, multiple of 12).
+      members: ensemble size of the model and the ensemble baselines.
+      seed: seed of every forecaster.
+      sampler: changes to the checkpoint's sampler (e.g. ``SamplerOverride.parse("2s:20")``;
+        None: the checkpoint's own).
+    """
+
+    out_dir: Path
+    lead_hours: int = 360
+    members: int = 8
+    seed: int = 0
+    sampler: SamplerOverride | None = None
+
+    @property
+    def leads(self) -> np.ndarray:
+        """``[lead]`` timedelta64[ns]: 12 h, 24 h, ... up to the lead."""
+        if self.lead_hours <= 0 or self.lead_hours % 12:
+            raise ValueError(f"lead_hours: {self.lead_hours} must be a positive multiple of 12")
+        return (STEP * np.arange(1, self.lead_hours // 12 + 1)).astype("timedelta64[ns]")
+
+
+def spaced_inits(
+    archive: xr.Dataset,
+    count: int,
+    spacing_days: float,
+    lead_hours: int,
+    first: TimeLike | None,
+    *,
+    history_hours: int = 12,
+) -> np.ndarray:
+    """``count`` init times ``spacing_days`` apart, each with its history and verification.
+
+    Args:
+      archive: the analysis archive (only its time axis is read).
+      count: number of init times.
+      spacing_days: days between consecutive inits (20 keeps them nearly independent: forecast
+        errors decorrelate within about two weeks).
+      lead_hours: the forecasts' length, so every valid time is in the archive.
+      first: the first init time (default: the archive's first time + ``history_hours``).
+      history_hours: hours of analyses before each init the forecasters need (12 h at least:
+        the model's t-12h input; more for bred or lagged physics members, `history_hours_needed`).
+
+    Raises:
+      ArchiveError: the archive cannot hold that many (naming how many fit).
+    """
+    times = archive["time"].values.astype("datetime64[ns]")
+    history = max(STEP, np.timedelta64(history_hours, "h"))
+    start = to_datetime64(first, "first") if first is not None else times[0] + history
+    spacing = np.timedelta64(round(spacing_days * 86400), "s")
+    inits = start + spacing * np.arange(count)
+    last_needed = inits + np.timedelta64(lead_hours, "h")
+    have = set(times.tolist())
+    fits = [
+        (t - STEP).item() in have
+        and (t - history).item() in have
+        and t.item() in have
+        and v.item() in have
+        for t, v in zip(inits, last_needed, strict=True)
+    ]
+    if not all(fits):
+        n = int(np.argmin(fits))
+        raise ArchiveError(
+            f"inits: the archive ({times[0]} .. {times[-1]}) holds only {n} init times spaced "
+            f"{spacing_days:g} days with {history / np.timedelta64(1, 'h'):g} h of history and "
+            f"{lead_hours} h forecasts from {start}; asked for {count}"
+        )
+    return inits.astype("datetime64[ns]")
+
+
+def check_settings(config: EvaluationConfig, checkpoint: str | Path) -> None:
+    """Record what the forecasts under ``out_dir`` were made with; refuse to mix settings.
+
+    A rerun resumes by init time, so a rerun with another sampler, ensemble size, seed, lead or
+    checkpoint would silently join forecasts made two ways. The first run writes
+    ``out_dir/settings.json``; later runs must match it (use another ``out_dir`` otherwise).
+
+    Raises:
+      ValueError: naming each setting that differs from the recorded one.
+    """
+    path = Path(checkpoint)
+    wanted = {
+        "lead_hours": config.lead_hours,
+        "members": config.members,
+        "seed": config.seed,
+        "sampler": None if config.sampler is None else str(config.sampler),
+        "checkpoint": path.name,
+        "checkpoint_bytes": path.stat().st_size if path.exists() else None,
+    }
+    record = config.out_dir / "settings.json"
+    if record.exists():
+        have = json.loads(record.read_text())
+        differ = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+        if differ:
+            text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differ.items())
+            raise ValueError(
+                f"out_dir: {config.out_dir} holds forecasts made with other settings ({text}); "
+                "use another out_dir or the recorded settings"
+            )
+        return
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(wanted, indent=1) + "\n")
+    tmp.replace(record)
+
+
+def _init_name(init: np.datetime64) -> str:
+    return np.datetime_as_string(init, unit="h").replace(":", "")
+
+
+def _store(config: EvaluationConfig, name: str, init: np.datetime64) -> Path:
+    return config.out_dir / "forecasts" / name / f"{_init_name(init)}.zarr"
+
+
+def _done(store: Path) -> Path:
+    return store.with_name(store.name + ".done")
+
+
+def run_forecaster(
+    config: EvaluationConfig,
+    name: str,
+    forecaster: EnsembleForecaster,
+    archive: xr.Dataset,
+    inits: np.ndarray,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Forecast every init with one forecaster, one store per init (resumable: a finished store
+    is kept, an unfinished one made again from scratch)."""
+    stores = []
+    for i, init in enumerate(inits):
+        store = _store(config, name, init)
+        if not _done(store).exists():
+            if store.exists():
+                shutil.rmtree(store)  # interrupted: redo it whole
+            store.parent.mkdir(parents=True, exist_ok=True)
+            forecaster.forecast(archive, init, config.leads, config.members, config.seed, out=store)
+            _done(store).touch()
+        if progress is not None:
+            progress(f"{name}: {i + 1}/{len(inits)} inits")
+        stores.append(store)
+    return stores
+
+
+def open_forecasts(config: EvaluationConfig, name: str, inits: np.ndarray) -> xr.Dataset:
+    """A forecaster's finished stores for ``inits``, joined along ``init_time`` (lazy)."""
+    parts = []
+    for init in inits:
+        store = _store(config, name, init)
+        if not _done(store).exists():
+            raise ArchiveError(f"forecast {store} is missing or unfinished; run the evaluation")
+        parts.append(xr.open_zarr(store, consolidated=False, decode_timedelta=True))
+    return _join(parts)
+
+
+def finished_forecasts(out_dir: str | Path, name: str) -> xr.Dataset:
+    """Every finished store of forecaster ``name`` under ``out_dir``, joined along ``init_time``.
+
+    For reading an evaluation afterwards (`notebooks/evaluation.ipynb`) without its config:
+    stores are ``out_dir/forecasts/<name>/<init>.zarr`` with a ``.done`` marker, opened lazily,
+    in init-time order. Dims ``member, init_time, lead_time, [level,] latitude, longitude``.
+
+    Raises:
+      ArchiveError: no finished forecast of ``name`` is there.
+    """
+    folder = Path(out_dir) / "forecasts" / name
+    stores = sorted(s for s in folder.glob("*.zarr") if _done(s).exists())
+    if not stores:
+        raise ArchiveError(f"forecasts of {name!r}: no finished store under {folder}")
+    return _join([xr.open_zarr(s, consolidated=False, decode_timedelta=True) for s in stores])
+
+
+def _join(parts: list[xr.Dataset]) -> xr.Dataset:
+    return xr.concat(
+        parts,
+        dim="init_time",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        join="override",
+    )
+
+
+def score(
+    config: EvaluationConfig,
+    names: Sequence[str],
+    truth: xr.Dataset,
+    inits: np.ndarray,
+    metrics: Sequence[str] = ("crps", "rmse", "spread_skill"),
+) -> xr.Dataset:
+    """Scores of every forecaster, ``(model, metric, lead_time[, level])``, written to scores.nc."""
+    from weather.scoring.batch import score_archive
+
+    per_model = []
+    for name in names:
+        forecast = open_forecasts(config, name, inits)
+        wanted = list(metrics)
+        single = forecast.sizes["member"] == 1
+        if single and "crps" in wanted:
+            wanted[wanted.index("crps")] = "crps_standard"
+        scores = score_archive(forecast, truth, wanted).compute()
+        if single:
+            scores = scores.assign_coords(
+                metric=[m if m != "crps_standard" else "crps" for m in scores["metric"].values]
+            )
+        per_model.append(scores.expand_dims(model=[name]))
+    joined = xr.concat(per_model, dim="model", join="outer")
+    joined.attrs.update(
+        inits=len(inits),
+        first_init=str(inits[0]),
+        last_init=str(inits[-1]),
+        members=config.members,
+        crps_note="fair CRPS for ensembles; for one member, its mean absolute error",
+    )
+    with replacing(config.out_dir / "scores.nc") as tmp:
+        joined.to_netcdf(tmp)
+    return joined
+
+
+def evaluate(
+    config: EvaluationConfig,
+    forecasters: Mapping[str, EnsembleForecaster],
+    archive: xr.Dataset,
+    inits: np.ndarray,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> xr.Dataset:
+    """Run every forecaster from every init (resumable, `run_forecaster`), then score them all
+    against ``archive`` (`score`, also written to ``scores.nc``)."""
+    for name, forecaster in forecasters.items():
+        run_forecaster(config, name, forecaster, archive, inits, progress=progress)
+    return score(config, list(forecasters), archive, inits)
+
+
+def history_hours_needed(forecasters: Mapping[str, EnsembleForecaster], members: int) -> int:
+    """Hours of analyses before each init that the forecasters read (for `spaced_inits`): 12 h
+    for the model's t-12h input, more for bred or lagged physics members."""
+    history = max([STEP, *(f.history(members) for f in forecasters.values())])
+    return int(history // np.timedelta64(1, "h"))
+
+
+__all__ = [
+    "EvaluationConfig",
+    "check_settings",
+    "evaluate",
+    "finished_forecasts",
+    "history_hours_needed",
+    "open_forecasts",
+    "run_forecaster",
+    "score",
+    "spaced_inits",
+]
