@@ -27,14 +27,14 @@ declare -A MODULE=(
   [rollout]=weather/model/rollout.py
 )
 declare -A TESTS=(
-  [grid]="tests/test_grid.py tests/test_scoring_climate.py"
-  [kernels]="tests/test_scoring_kernels.py tests/test_scoring_metrics.py"
-  [edm]="tests/test_edm.py"
-  [sampler]="tests/test_sampler.py"
-  [noise]="tests/test_noise.py"
-  [task]="tests/test_task.py tests/test_forcings.py"
-  [denoiser]="tests/test_inference_reference.py tests/test_edm.py tests/test_rollout.py"
-  [rollout]="tests/test_inference_reference.py tests/test_rollout.py"
+  [grid]="tests/data/test_grid.py tests/scoring/test_scoring_climate.py"
+  [kernels]="tests/scoring/test_scoring_kernels.py tests/scoring/test_scoring_metrics.py"
+  [edm]="tests/model/test_edm.py"
+  [sampler]="tests/model/test_sampler.py"
+  [noise]="tests/model/test_noise.py tests/data/test_legendre.py"
+  [task]="tests/model/test_task.py tests/data/test_forcings.py"
+  [denoiser]="tests/model/test_inference_reference.py tests/model/test_edm.py tests/model/test_rollout.py"
+  [rollout]="tests/model/test_inference_reference.py tests/model/test_rollout.py"
 )
 ORDER=(grid kernels edm sampler noise task denoiser rollout)
 

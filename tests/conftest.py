@@ -1,127 +1,10 @@
-"""Shared fixtures: a small synthetic canonical archive, a tiny simulated one, a tiny forecaster."""
+"""Shared fixtures, built by `support`: the synthetic archive, the simulated truth, statistics."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import xarray as xr
-
-from weather.data.grid import equiangular_grid
-
-LEVELS = (500, 850)
-
-
-def synthetic_archive(
-    n_lat: int = 16, n_lon: int = 32, days: float = 12, start: str = "2001-01-01", seed: int = 0
-) -> xr.Dataset:
-    """A canonical 6-hourly archive of travelling waves plus noise, in physical units."""
-    rng = np.random.default_rng(seed)
-    lat, lon = equiangular_grid(n_lat, n_lon)
-    n_t = int(days * 4)
-    time = np.datetime64(start, "ns") + np.timedelta64(6, "h") * np.arange(n_t)
-    t = np.arange(n_t)[:, None, None] * 0.25  # days
-    phi, lam = np.deg2rad(lat)[None, :, None], np.deg2rad(lon)[None, None, :]
-    wave = np.cos(3 * lam - 0.6 * t) * np.cos(phi) ** 2 + 0.5 * np.sin(2 * lam + 0.3 * t) * np.cos(
-        phi
-    )
-    noise = lambda: 0.1 * rng.standard_normal((n_t, n_lat, n_lon))  # noqa: E731
-    base = {
-        "geopotential": (np.array([5.5e4, 1.4e4]), np.array([800.0, 500.0])),
-        "temperature": (np.array([255.0, 280.0]), np.array([8.0, 10.0])),
-        "u_component_of_wind": (np.array([15.0, 5.0]), np.array([10.0, 6.0])),
-        "v_component_of_wind": (np.array([0.0, 0.0]), np.array([8.0, 5.0])),
-    }
-    data = {}
-    for name, (mean, amp) in base.items():
-        field = [mean[i] + amp[i] * (wave + noise()) * (1 + 0.2 * i) for i in range(len(LEVELS))]
-        data[name] = (("time", "level", "latitude", "longitude"), np.stack(field, 1).astype("f4"))
-    sp = 1.0e5 + 800.0 * (wave + noise())
-    data["surface_pressure"] = (("time", "latitude", "longitude"), sp.astype("f4"))
-    zs = 9.8 * 500 * np.clip(np.cos(phi[0]) * np.sin(2 * lam[0]), 0, None)
-    data["geopotential_at_surface"] = (("latitude", "longitude"), zs.astype("f4"))
-    ds = xr.Dataset(
-        data,
-        coords={
-            "time": time,
-            "level": np.asarray(LEVELS, np.int64),
-            "latitude": lat,
-            "longitude": lon,
-        },
-    )
-    units = {
-        "geopotential": "m2 s-2",
-        "temperature": "K",
-        "u_component_of_wind": "m s-1",
-        "v_component_of_wind": "m s-1",
-        "surface_pressure": "Pa",
-        "geopotential_at_surface": "m2 s-2",
-    }
-    for name, u in units.items():
-        ds[name].attrs["units"] = u
-    return ds
-
-
-SIMULATED_TRUTH = dict(resolution="T21", layers=8, dt_minutes=60, output_hours=12, spinup_days=0)
-SIMULATED_START = np.datetime64("2001-03-01T00", "ns")
-
-
-def simulated_archive(start: np.datetime64, times: int = 12) -> xr.Dataset:
-    """A tiny simulated archive (T21 L8, 60 min step, 12-hourly, 32 x 64, 13 levels) from ``start``.
-
-    Two days after the Held-Suarez equilibrium temperature at rest plus small bumps: a jet's worth
-    of temperature gradient and no wind, which adjusts and turns baroclinically unstable, so
-    perturbations grow within days. Raw (not through the reader); its ``simulation_config``
-    attribute records the truth's simulator, as `weather data simulate` does.
-    """
-    import dataclasses
-    import json
-
-    from weather.baselines.physics import EnsembleModel
-    from weather.data.grid import equiangular_grid
-    from weather.data.variables import CATALOGUE
-    from weather.sim.dynamics import SimulationConfig
-    from weather.sim.initialise import total_wavenumbers
-
-    config = SimulationConfig(**SIMULATED_TRUTH)
-    latitude, longitude = equiangular_grid(32, 64)
-    ensemble_model = EnsembleModel(config, latitude, longitude, 21)
-    model = ensemble_model.model
-    grid = model.coords.horizontal
-    state = model.initial_state(0, start - np.timedelta64(2, "D"))
-    ps = np.exp(grid.to_nodal(state.log_surface_pressure))
-    t_eq = model.forcing.equilibrium_temperature(ps) - model.reference_temperature[:, None, None]
-    keep = (total_wavenumbers(grid) <= 21) & grid.mask
-    rng = np.random.default_rng(0)
-    bumps = 0.2 * rng.standard_normal((config.layers, *grid.modal_shape)) * keep
-    state = dataclasses.replace(
-        state, temperature_variation=(grid.to_modal(t_eq) + bumps).astype(np.float32)
-    )
-    _, fields = ensemble_model.advance(ensemble_model.run(state, 48), times)
-    dims = ("time", "level", "latitude", "longitude")
-    data = {
-        name: (dims if fields[name].ndim == 4 else ("time", *dims[2:]), fields[name])
-        for name in (
-            "geopotential",
-            "temperature",
-            "u_component_of_wind",
-            "v_component_of_wind",
-            "surface_pressure",
-        )
-    }
-    data["geopotential_at_surface"] = (dims[2:], model.surface_geopotential()[0])
-    ds = xr.Dataset(
-        data,
-        coords={
-            "time": start + np.timedelta64(12, "h") * np.arange(times),
-            "level": np.asarray(config.levels),
-            "latitude": model.latitude,
-            "longitude": model.longitude,
-        },
-        attrs={"simulation_config": json.dumps(config.to_attrs())},
-    )
-    for name in ds.data_vars:
-        ds[name].attrs["units"] = CATALOGUE[str(name)].units
-    return ds
+from support import SIMULATED_START, simulated_archive, synthetic_archive
 
 
 @pytest.fixture(scope="session")
@@ -139,27 +22,6 @@ def archive() -> xr.Dataset:
     return synthetic_archive()
 
 
-def tiny_model_config(**sampler):  # type: ignore[no-untyped-def]
-    from weather.model.backbone import SphereTransformerConfig
-    from weather.model.denoiser import ModelConfig
-    from weather.model.sampler import SamplerConfig
-    from weather.model.task import TaskConfig
-
-    return ModelConfig(
-        task=TaskConfig(levels=LEVELS),
-        backbone=SphereTransformerConfig(
-            patch_size=2,
-            d_model=32,
-            num_layers=1,
-            num_heads=2,
-            mlp_ratio=2,
-            conditioning_dim=32,
-            noise_frequencies=8,
-        ),
-        sampler=SamplerConfig(**{"num_steps": 4, **sampler}),
-    )
-
-
 @pytest.fixture(scope="session")
 def statistics(archive):  # type: ignore[no-untyped-def]
     from weather.data.statistics import compute_statistics
@@ -168,14 +30,3 @@ def statistics(archive):  # type: ignore[no-untyped-def]
     return compute_statistics(
         archive, names, start=archive.time.values[0], end=archive.time.values[-1]
     )
-
-
-EPS = float(np.finfo(np.float32).eps)  # 1.19e-7: one unit in the last place at 1.0
-
-
-def assert_close_per_channel(got: np.ndarray, want: np.ndarray, ulps: float, what: str) -> None:
-    """|got - want| <= ulps * EPS * max|want_c| in every channel c (last axis)."""
-    scale = np.abs(want).reshape(-1, want.shape[-1]).max(axis=0)
-    worst = np.abs(got - want).reshape(-1, want.shape[-1]).max(axis=0)
-    bad = worst > ulps * EPS * scale
-    assert not bad.any(), f"{what}: channels {np.flatnonzero(bad)} off by {worst / scale} x max"

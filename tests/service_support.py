@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import tiny_model_config
+from support import tiny_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key"}
@@ -59,7 +59,7 @@ def service_files(
 def write_service_files(root: Path, archive: xr.Dataset, statistics: xr.Dataset) -> ServiceFiles:
     """Write the tiny checkpoint and ``archive`` under ``root`` (also used by
     ``benchmarks/forecast_service.py --tiny``, outside pytest)."""
-    from test_rollout import perturbed_params
+    from support import perturbed_params
 
     from weather.model.checkpoint import save_checkpoint
     from weather.model.denoiser import Forecaster

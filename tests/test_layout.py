@@ -151,3 +151,13 @@ def test_the_layer_check_sees_a_wrong_way_import() -> None:
 def test_library_imports_run_down_the_layers() -> None:
     """data -> (sim, model, scoring) -> forecast -> baselines -> evaluation -> command line."""
     assert wrong_way(import_graph()) == {}
+
+
+def test_the_tests_mirror_the_package_tree() -> None:
+    """Each folder of tests/ is a package folder's namesake (tools: the scripts and benchmarks;
+    cli: the command line), and each package folder with code has one."""
+    folders = {p.name for p in (REPO / "tests").iterdir() if p.is_dir() and p.name[0] != "_"}
+    packages = {p.name for p in (REPO / "weather").iterdir() if (p / "__init__.py").exists()}
+    assert folders - {"tools", "cli", "service"} <= packages, folders - packages
+    assert packages <= folders, packages - folders
+    assert "service" in folders

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import synthetic_archive
+from support import synthetic_archive
 
 from weather.baselines import persistence
 from weather.data.errors import ArchiveError

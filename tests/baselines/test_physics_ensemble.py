@@ -1,7 +1,7 @@
 """Physics and perfect-model ensembles: determinism, spread, resolved scales, layout, errors.
 
 The truth is a tiny simulated archive (T21 L8, 60 min step, 12-hourly; `simulated_truth` in
-conftest.py) from a baroclinically unstable start, so perturbations grow within days. The
+support.py) from a baroclinically unstable start, so perturbations grow within days. The
 physics ensemble's default model is the same configuration, and the perfect-model tests use an
 analysis truncation of 15, so every ensemble shares one compiled model.
 """
@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import SIMULATED_START, SIMULATED_TRUTH
+from support import SIMULATED_START, SIMULATED_TRUTH
 
 from weather.baselines import persistence
 from weather.baselines.physics import (

@@ -22,7 +22,7 @@ import json
 import numpy as np
 import jax
 sys.path.insert(0, {tests!r})
-from conftest import synthetic_archive, tiny_model_config
+from support import synthetic_archive, tiny_model_config
 from weather.data.statistics import compute_statistics
 from weather.model.checkpoint import load_checkpoint
 from weather.model.train import TrainConfig, data_mesh, train
@@ -127,7 +127,9 @@ def _history(run: Path) -> list[dict[str, float]]:
 
 def test_four_devices_train_as_one(tmp_path):
     cli = [a.format(out=tmp_path) for a in CLI]
-    script = f"CLI = {cli!r}\n" + SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path))
+    script = f"CLI = {cli!r}\n" + SCRIPT.format(
+        tests=str(Path(__file__).parents[1]), out=str(tmp_path)
+    )
     env = _env(4)
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
@@ -135,7 +137,7 @@ def test_four_devices_train_as_one(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "train OK" in done.stdout
@@ -152,7 +154,7 @@ def test_four_devices_train_as_one(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            cwd=Path(__file__).parents[1],
+            cwd=Path(__file__).parents[2],
         )
         for i in range(2)
     ]

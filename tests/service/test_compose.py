@@ -1,6 +1,6 @@
 """compose.yaml and compose.gpu.yaml agree with the code they start (no container engine runs
-here; tests/test_service_topology.py runs the same topology as processes): every command parses
-with the `weather` command line, every WEATHER_ variable is a valid setting, the database URL
+here; tests/service/test_service_topology.py runs the same topology as processes): every command
+parses with the `weather` command line, every WEATHER_ variable is a valid setting, the database URL
 names the postgres service's own user and database, results live on one shared volume, and the
 health checks ask the ports the processes listen on."""
 
@@ -18,7 +18,7 @@ import yaml
 from service.settings import Settings
 from weather.cli import build_parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORKDIR = "/app"  # the Dockerfile's WORKDIR
 SUBSTITUTION = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
 

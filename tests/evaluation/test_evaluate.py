@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import SIMULATED_START, tiny_model_config
+from support import SIMULATED_START, tiny_model_config
 
 from weather.baselines import (
     DiffusionModel,
@@ -258,7 +258,7 @@ def test_evaluate_command_runs_the_physics_and_perfect_model_ensembles(
     own configuration, so all share one compiled model): bred members need 48 h of history,
     and the perfect model reads the truth's simulator from the archive. At the default
     analysis truncation (21) a T21 truth has no unresolved scales, so its perfect-model members
-    coincide: this checks the wiring, `tests/test_physics_ensemble.py` the ensembles."""
+    coincide: this checks the wiring, `tests/baselines/test_physics_ensemble.py` the ensembles."""
     store = tmp_path / "truth.zarr"
     truth = simulated_truth.isel(time=slice(0, 7))  # 3 days: 48 h of history, a 1-day forecast
     truth.to_zarr(store, zarr_format=3, consolidated=False)

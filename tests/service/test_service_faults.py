@@ -380,8 +380,7 @@ def unet_checkpoint(tmp_path_factory, archive, statistics):  # type: ignore[no-u
     on this CPU (the tiny transformer's happen not to), as the shipped model's do."""
     import dataclasses
 
-    from conftest import tiny_model_config
-    from test_rollout import perturbed_params
+    from support import perturbed_params, tiny_model_config
 
     from weather.model.backbone import SphereUNetConfig
     from weather.model.checkpoint import save_checkpoint

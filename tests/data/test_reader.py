@@ -502,7 +502,7 @@ def test_the_finite_check_computes_the_window_only():
 
 
 def test_open_archives_joins_runs_in_time_with_a_gap_no_window_straddles(tmp_path: Path):
-    from conftest import synthetic_archive
+    from support import synthetic_archive
 
     from weather.data.windows import window_indices
 
@@ -525,7 +525,7 @@ def test_open_archives_joins_runs_in_time_with_a_gap_no_window_straddles(tmp_pat
 
 
 def test_open_archives_rejects_overlap_and_grid_mismatch(tmp_path: Path):
-    from conftest import synthetic_archive
+    from support import synthetic_archive
 
     a = synthetic_archive(days=3, start="2001-01-01")
     b = synthetic_archive(days=3, start="2001-01-02")
@@ -539,7 +539,7 @@ def test_open_archives_rejects_overlap_and_grid_mismatch(tmp_path: Path):
 
 
 def test_load_in_place_equals_load_and_returns_numpy(tmp_path: Path):
-    from conftest import synthetic_archive
+    from support import synthetic_archive
 
     parts = []
     for i, start in enumerate(("2001-01-01", "2001-01-05")):

@@ -75,7 +75,7 @@ print("worker OK")
 def test_four_devices_give_the_members_of_one(tmp_path, tmp_path_factory, archive, statistics):
     files = service_files(tmp_path_factory, archive, statistics)
     script = SCRIPT.format(
-        tests=str(Path(__file__).parent),
+        tests=str(Path(__file__).parents[1]),
         out=str(tmp_path),
         checkpoint=str(files.checkpoint),
         archive=str(files.archive),
@@ -91,7 +91,7 @@ def test_four_devices_give_the_members_of_one(tmp_path, tmp_path_factory, archiv
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=Path(__file__).parents[1],
+        cwd=Path(__file__).parents[2],
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "forecast OK" in done.stdout and "worker OK" in done.stdout

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import xarray as xr
-from test_rollout import setup
+from support import setup
 
 from weather.data.errors import ArchiveError
 from weather.data.times import parse_lead

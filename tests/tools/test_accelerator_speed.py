@@ -12,7 +12,7 @@ from pathlib import Path
 
 from service_support import service_files
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = [sys.executable, "benchmarks/accelerator_speed.py", "--tiny", "--budget-s", "300"]
 
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import LEVELS, synthetic_archive
+from support import LEVELS, synthetic_archive
 
 from weather.baselines import (
     Climatology,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from test_rollout import perturbed_params
+from support import perturbed_params
 
 from weather.forecast import load_forecaster
 from weather.model.backbone import SphereTransformerConfig
@@ -18,7 +18,7 @@ from weather.model.checkpoint import load_checkpoint, save_checkpoint
 from weather.model.denoiser import Forecaster, ModelConfig
 from weather.model.task import Normalization
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "weather" / "assets" / "checkpoint.msgpack"
 
 

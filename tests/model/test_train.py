@@ -6,7 +6,7 @@ import threading
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_model_config
+from support import tiny_model_config
 
 from weather.forecast import load_forecaster
 from weather.model.checkpoint import load_checkpoint

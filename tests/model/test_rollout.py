@@ -6,50 +6,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from conftest import assert_close_per_channel, tiny_model_config
+from support import assert_close_per_channel, run, setup
 
 from weather.model.denoiser import Forecaster, ModelConfig
 from weather.model.rollout import Roller, RolloutConfig
-from weather.model.task import Normalization, state_to_channels
-
-
-def perturbed_params(forecaster: Forecaster, seed: int = 0):  # type: ignore[no-untyped-def]
-    """Initial parameters moved off the zero-initialised head, so the network matters."""
-    params = forecaster.init_params(jax.random.PRNGKey(seed))
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return jax.tree_util.tree_unflatten(tree, leaves)
-
-
-def setup(archive, statistics):  # type: ignore[no-untyped-def]
-    config = tiny_model_config()
-    norm = Normalization.from_statistics(config.task, statistics)
-    fc = Forecaster(config, norm, archive.latitude.values, archive.longitude.values)
-    names = config.task.level_variables + config.task.surface_variables
-    states = state_to_channels(config.task, {n: archive[n].values[:2] for n in names})
-    static = archive["geopotential_at_surface"].values[..., None]
-    return fc, perturbed_params(fc), states[0], states[1], static
-
-
-def run(roller, params, prev, cur, static, members, steps=3, seed=0):  # type: ignore[no-untyped-def]
-    chunks = list(
-        roller.run(
-            params,
-            previous=prev,
-            current=cur,
-            static=static,
-            init_time=np.datetime64("2001-01-01T06"),
-            steps=steps,
-            members=members,
-            seed=seed,
-        )
-    )
-    assert [lo for lo, _ in chunks] == list(range(0, steps, roller.config.chunk_steps))
-    return np.concatenate([c for _, c in chunks], axis=0)  # [steps, M, H, W, C]
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +58,9 @@ import sys
 import numpy as np
 import jax
 sys.path.insert(0, {tests!r})
-from conftest import synthetic_archive
+from support import synthetic_archive
 from weather.data.statistics import compute_statistics
-from test_rollout import setup, run
+from support import setup, run
 from weather.model.rollout import Roller, RolloutConfig, member_mesh
 assert len(jax.devices()) == 4, jax.devices()
 archive = synthetic_archive()
@@ -108,7 +70,7 @@ fc, params, prev, cur, static = setup(archive, stats)
 plain = run(Roller(fc, RolloutConfig(chunk_steps=2)), params, prev, cur, static, members=8)
 sharded_roller = Roller(fc, RolloutConfig(chunk_steps=2), mesh=member_mesh())
 sharded = run(sharded_roller, params, prev, cur, static, members=8)
-from conftest import assert_close_per_channel
+from support import assert_close_per_channel
 # Four devices sum each member's batch of 2 instead of 8: ulps per step per channel.
 assert_close_per_channel(sharded, plain, 16 * 3, "sharded")
 print("OK", np.abs(sharded - plain).max())
@@ -116,7 +78,7 @@ print("OK", np.abs(sharded - plain).max())
 
 
 def test_sharded_over_four_devices_equals_unsharded():
-    tests = str(Path(__file__).parent)
+    tests = str(Path(__file__).parents[1])
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",

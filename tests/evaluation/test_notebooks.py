@@ -7,8 +7,8 @@ import nbformat
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import synthetic_archive
 from nbclient import NotebookClient
+from support import synthetic_archive
 
 from weather.baselines import EnsembleForecaster, Persistence, persistence
 from weather.data.layout import annotate_forecast
@@ -16,7 +16,7 @@ from weather.data.reader import open_archive
 from weather.evaluation import EvaluationConfig, evaluate, spaced_inits
 from weather.scoring import align_truth
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 def _execute(name: str, workdir: Path) -> nbformat.NotebookNode:

@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import EPS, assert_close_per_channel
-from test_rollout import run, setup
+from support import EPS, assert_close_per_channel, run, setup
 
 from weather.model.rollout import BatchRoller, Roller, RolloutConfig, member_keys
 from weather.model.sampler import SamplerOverride
