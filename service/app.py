@@ -91,5 +91,8 @@ def create_app(settings: Settings | None = None, metrics: ServiceMetrics | None 
         ]
         return SafeJSONResponse({"detail": detail}, status_code=422)
 
-    app.include_router(build_router(settings, metrics))
+    # The routes read these (and, once started, `app.state.service`): `service.deps`.
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.include_router(build_router(settings))
     return app

@@ -8,11 +8,9 @@ and only loopback clients are answered (`weather serve` also refuses to bind els
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
-from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import HTTPException, Request
+from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.settings import Settings, is_loopback
@@ -53,23 +51,6 @@ def owner_of(settings: Settings, request: Request, token: str | None) -> str:
     if not any(matches):
         raise HTTPException(401, "unknown API key", {"WWW-Authenticate": "Bearer"})
     return digest[:16]
-
-
-def owner_dependency(settings: Settings) -> Callable[..., Awaitable[str]]:
-    """A FastAPI dependency giving the request's owner id.
-
-    ``async`` because it only hashes a token (microseconds): FastAPI runs a plain ``def``
-    dependency in its thread pool, and that hop (a thread wake-up and two GIL hand-overs)
-    cost more than the check itself, on every request.
-    """
-
-    async def owner(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> str:
-        return owner_of(settings, request, credentials.credentials if credentials else None)
-
-    return owner
 
 
 class BodyLimitMiddleware:
