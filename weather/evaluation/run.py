@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from weather.data.atomic import replacing
+from weather.data.atomic import replacing, write_bytes
 from weather.data.errors import ArchiveError
 from weather.data.times import STEP, TimeLike, to_datetime64
 
@@ -145,9 +145,7 @@ def check_settings(config: EvaluationConfig, checkpoint: str | Path) -> None:
             )
         return
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(wanted, indent=1) + "\n")
-    tmp.replace(record)
+    write_bytes(record, (json.dumps(wanted, indent=1) + "\n").encode())
 
 
 def _init_name(init: np.datetime64) -> str:
