@@ -318,205 +318,67 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _distributed(args: argparse.Namespace) -> str | None:
-    """Join a multi-host run when --coordinator is given; an error message, or None."""
-    if args.coordinator is None:
-        if args.num_processes is not None or args.process_id is not None:
-            return "--num-processes and --process-id need --coordinator"
-        return None
-    if args.num_processes is None or args.process_id is None:
-        return "--coordinator needs --num-processes and --process-id"
-    if not 0 <= args.process_id < args.num_processes:
-        return f"--process-id: {args.process_id} is not in [0, {args.num_processes})"
-    import jax
-
-    jax.distributed.initialize(
-        coordinator_address=args.coordinator,
-        num_processes=args.num_processes,
-        process_id=args.process_id,
-    )
-    return None
-
-
-def _period(text: str | None, ds: Any) -> tuple[Any, Any]:
-    if text:
-        start, end = text.split(",")
-        return start.strip(), end.strip()
-    return ds["time"].values[0], ds["time"].values[-1]
-
-
-def _warm_start_metadata(path: Path, source: dict[str, Any]) -> dict[str, Any]:
-    """Where a warm start began: its source, and the steps and seconds the source had trained."""
-    meta = source["metadata"]
-    step = meta.get("exported_from_step", meta.get("step", 0))
-    if "train" in source:
-        step = int(source["train"]["step"])
-    return {
-        "warm_start": str(path),
-        "warm_start_step": int(step) + int(meta.get("warm_start_step", 0)),
-        "warm_start_seconds": float(meta.get("train_seconds", 0.0))
-        + float(meta.get("warm_start_seconds", 0.0)),
-    }
-
-
-_ARCH_OPTIONS = ("arch", "d_model", "layers", "heads", "patch", "unet_channels", "levels")
-
-
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
+    from weather.data.location import storage_options
+    from weather.model.train import TrainConfig
+    from weather.model.training_run import (
+        Architecture,
+        TrainingRun,
+        join_hosts,
+        parse_period,
+        run_training,
+    )
 
-    from weather.data.location import exists, storage_options
-    from weather.data.reader import load_in_place, open_archive, open_archives
-    from weather.data.statistics import compute_statistics, load_statistics, save_statistics
-    from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
-    from weather.model.checkpoint import load_checkpoint
-    from weather.model.denoiser import ModelConfig
-    from weather.model.task import Normalization, TaskConfig
-    from weather.model.train import TrainConfig, data_mesh, train
-
-    problem = _distributed(args)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        mesh = data_mesh(args.devices)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if mesh is not None and args.batch_size % mesh.devices.size:
-        print(
-            f"error: --batch-size: {args.batch_size} does not split evenly over "
-            f"{mesh.devices.size} devices",
-            file=sys.stderr,
-        )
-        return 2
-    source = None
-    if args.init_from is not None:
-        given = [f"--{n.replace('_', '-')}" for n in _ARCH_OPTIONS if getattr(args, n) is not None]
-        if given:
-            print(
-                f"error: --init-from takes the architecture of {args.init_from}; leave out "
-                f"{', '.join(given)}",
-                file=sys.stderr,
-            )
-            return 2
-        try:
-            source = load_checkpoint(args.init_from)
-        except ValueError as error:
-            print(f"error: --init-from: {error}", file=sys.stderr)
-            return 2
-
-    # Streaming reads random windows: dask chunks must be the store's own (one time each), as
-    # "auto" chunks of ~1260 times make every batch of 8 windows read most of the archive
-    # (measured on test.zarr: 4.9-6.6 s per batch against 0.23 s; benchmarks/data_windows.py).
+    join_hosts(args.coordinator, args.num_processes, args.process_id)
+    channels = args.unet_channels
+    architecture = Architecture(
+        arch=args.arch,
+        d_model=args.d_model,
+        layers=args.layers,
+        heads=args.heads,
+        patch=args.patch,
+        unet_channels=tuple(int(c) for c in channels.split(",")) if channels else None,
+        levels=tuple(int(x) for x in args.levels.split(",")) if args.levels else None,
+        noise=args.noise,
+        training_noise=args.training_noise,
+        compute_dtype=args.compute_dtype,
+    )
+    train_config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        peak_learning_rate=args.lr,
+        warmup_steps=min(args.warmup, args.steps // 10),
+        schedule=args.schedule,
+        rsqrt_ref_steps=args.rsqrt_ref,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
+        input_noise=args.input_noise,
+        rollout_inputs=args.rollout_inputs,
+        snapshot_every=args.snapshot_every,
+    )
     try:
         options = storage_options(args.storage_options)
     except ValueError as error:
-        print(f"error: --storage-options: {error}", file=sys.stderr)
-        return 2
-    train_ds = open_archives(
-        args.train_archive, chunks={} if args.stream else "auto", storage_options=options
-    )
-    train_period = _period(args.train_period, train_ds)
-    val_ds = (
-        open_archive(args.val_archive, storage_options=options)
-        if exists(args.val_archive)
-        else None
-    )
-    val_period = _period(args.val_period, val_ds) if val_ds is not None else None
-    if source is not None:
-        source_model = ModelConfig.from_dict(source["configs"]["model"])
-        task = source_model.task
-    else:
-        levels = (
-            tuple(int(x) for x in args.levels.split(","))
-            if args.levels
-            else tuple(int(x) for x in train_ds["level"].values)
+        raise ValueError(f"--storage-options: {error}") from None
+    path = run_training(
+        TrainingRun(
+            run_dir=args.run_dir,
+            train_config=train_config,
+            train_archives=args.train_archive,
+            train_period=parse_period(args.train_period, "--train-period"),
+            validation_archive=args.val_archive,
+            validation_period=parse_period(args.val_period, "--val-period"),
+            architecture=architecture,
+            init_from=args.init_from,
+            statistics=args.statistics,
+            stream=args.stream,
+            storage_options=options,
+            devices=args.devices,
+            max_minutes=args.max_minutes,
+            progress=not args.quiet,
         )
-        task = TaskConfig(levels=levels)
-    if not args.stream:
-        names = [*task.level_variables, *task.surface_variables, *task.static_variables]
-        subset = train_ds[names].sel(level=list(task.levels))
-        print(f"loading the training fields ({subset.nbytes / 1e9:.1f} GB) into memory")
-        train_ds = load_in_place(subset)
-    sources = ",".join(str(p) for p in args.train_archive)
-    stats_path = args.statistics or args.run_dir / "statistics.nc"
-    if stats_path.exists():
-        stats = load_statistics(stats_path)
-    else:
-        names = [*task.level_variables, *task.surface_variables, *task.static_variables]
-        stats = compute_statistics(
-            # In chunks of time (views, no copies): one pass over ten years in memory would
-            # otherwise allocate full-size temporaries.
-            train_ds.chunk({"time": 240}),
-            names,
-            start=train_period[0],
-            end=train_period[1],
-            source=sources,
-        )
-        save_statistics(stats, stats_path)
-    if source is not None:
-        model_config = source_model
-        if args.training_noise:
-            edm = dataclasses.replace(model_config.edm, training_noise=args.training_noise)
-            model_config = dataclasses.replace(model_config, edm=edm)
-    else:
-        if (args.arch or "transformer") == "transformer":
-            backbone: Any = SphereTransformerConfig(
-                patch_size=args.patch or 2,
-                d_model=args.d_model or 256,
-                num_layers=args.layers or 8,
-                num_heads=args.heads or 8,
-                compute_dtype=args.compute_dtype,
-            )
-        else:
-            backbone = SphereUNetConfig(
-                channels=tuple(int(c) for c in (args.unet_channels or "64,128,256").split(",")),
-                compute_dtype=args.compute_dtype,
-            )
-        model_config = ModelConfig(task=task, backbone=backbone, noise=args.noise)
-        if args.training_noise:
-            edm = dataclasses.replace(model_config.edm, training_noise=args.training_noise)
-            model_config = dataclasses.replace(model_config, edm=edm)
-    try:
-        train_config = TrainConfig(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            peak_learning_rate=args.lr,
-            warmup_steps=min(args.warmup, args.steps // 10),
-            schedule=args.schedule,
-            rsqrt_ref_steps=args.rsqrt_ref,
-            ema_decay=args.ema_decay,
-            seed=args.seed,
-            checkpoint_every=args.checkpoint_every,
-            validate_every=args.validate_every,
-            input_noise=args.input_noise,
-            rollout_inputs=args.rollout_inputs,
-            snapshot_every=args.snapshot_every,
-        )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    path = train(
-        run_dir=args.run_dir,
-        model_config=model_config,
-        train_config=train_config,
-        train_data=train_ds,
-        train_period=train_period,
-        statistics=stats,
-        validation_data=val_ds,
-        validation_period=val_period,
-        progress=not args.quiet,
-        stop_after_seconds=args.max_minutes * 60 if args.max_minutes else None,
-        init_params=None if source is None else source["params"],
-        normalization=None if source is None else Normalization.from_dict(source["normalization"]),
-        mesh=mesh,
-        metadata={
-            "train_archive": sources,
-            "train_period": [str(x) for x in train_period],
-            "val_archive": str(args.val_archive),
-            **(_warm_start_metadata(args.init_from, source) if source is not None else {}),
-        },
     )
     print(f"checkpoint: {path}")
     return 0
@@ -658,35 +520,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from weather.baselines import (
-        Climatology,
-        DiffusionModel,
-        EnsembleForecaster,
-        PerfectModel,
-        Persistence,
-        PhysicsEnsemble,
-    )
     from weather.data.location import storage_options
-    from weather.data.reader import open_archive, open_archives
+    from weather.data.reader import open_archive
     from weather.evaluation import (
         EvaluationConfig,
         check_settings,
         evaluate,
-        goals_report,
+        forecasters_by_name,
         history_hours_needed,
-        scorecard,
-        scorecard_reference,
-        scorecard_table,
-        skill_table,
         spaced_inits,
+        write_report,
     )
-    from weather.evaluation.plots import metric_vs_lead, scorecard_figure
 
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    known = {"model", "persistence", "climatology", "physics", "perfect"}
-    unknown = sorted(set(names) - known)
-    if unknown:
-        raise SystemExit(f"--models: unknown {unknown}; choose from {sorted(known)}")
     lead_hours = round(args.lead_days * 24)
     config = EvaluationConfig(
         out_dir=args.out_dir,
@@ -696,52 +541,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         sampler=_parsed_sampler(args.sampler),  # fails now, not after the baselines
     )
     try:
-        check_settings(config, args.checkpoint)
-    except ValueError as error:
-        raise SystemExit(f"weather: error: {error}") from None
-    try:
         options = storage_options(args.storage_options)
     except ValueError as error:
-        print(f"error: --storage-options: {error}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--storage-options: {error}") from None
+    forecasters = forecasters_by_name(
+        [n.strip() for n in args.models.split(",") if n.strip()],
+        checkpoint=args.checkpoint,
+        sampler=config.sampler,
+        climatology_archives=args.climatology_archive,
+        physics_method=args.physics_method,
+        storage_options=options,
+    )
+    check_settings(config, args.checkpoint)
     archive = open_archive(args.archive, storage_options=options)
-    forecasters: dict[str, EnsembleForecaster] = {}
-    for name in names:
-        if name == "model":
-            forecasters[name] = DiffusionModel(args.checkpoint, config.sampler)
-        elif name == "persistence":
-            forecasters[name] = Persistence()
-        elif name == "climatology":
-            training = open_archives(args.climatology_archive, storage_options=options)
-            forecasters[name] = Climatology.of(training)
-        elif name == "physics":
-            forecasters[name] = PhysicsEnsemble(method=args.physics_method)
-        else:
-            forecasters[name] = PerfectModel()
     history = history_hours_needed(forecasters, args.members)
     inits = spaced_inits(
         archive, args.inits, args.spacing_days, lead_hours, args.first, history_hours=history
     )
     say = None if args.quiet else (lambda text: print(text, flush=True))
     scores = evaluate(config, forecasters, archive, inits, progress=say)
-    print(f"fair CRPS (variable's units), {len(inits)} inits, {args.members} members\n")
-    print(skill_table(scores))
-    print("\nspread/skill (1 is calibrated; - for single forecasts)\n")
-    print(skill_table(scores, "spread_skill"))
-    figures = [
-        metric_vs_lead(scores, args.out_dir / f"{m}.png", metric=m)
-        for m in ("crps", "spread_skill")
-    ]
-    if "model" in names and len(names) > 1:
-        reference, sentence = scorecard_reference(scores)
-        card = scorecard(scores, reference=reference)
-        figure = scorecard_figure(card, args.out_dir / "scorecard.png")
-        print(f"\n{sentence}, CRPS difference in % (negative: the model is better)\n")
-        print(scorecard_table(card))
-        print(f"\ngoals\n\n{goals_report(scores)}")
-        figures.append(figure)
-    print(f"\nfigures: {', '.join(str(f) for f in figures)}")
-    print(f"\nscores: {args.out_dir / 'scores.nc'}")
+    print(write_report(scores, args.out_dir))
     return 0
 
 

@@ -19,9 +19,11 @@ from weather.baselines import (
 from weather.cli import main
 from weather.data.errors import ArchiveError
 from weather.evaluation import (
+    FORECASTERS,
     EvaluationConfig,
     check_settings,
     finished_forecasts,
+    forecasters_by_name,
     goals_report,
     history_hours_needed,
     run_forecaster,
@@ -298,6 +300,30 @@ def test_an_evaluation_directory_keeps_one_set_of_settings(checkpoint, tmp_path)
     )
     with pytest.raises(ValueError, match=r"members 2 -> 4, sampler None -> '2s:5,spread_sc"):
         check_settings(other, checkpoint)
+
+
+def test_forecasters_are_built_by_name_in_the_order_given(archive, checkpoint, tmp_path):
+    override = SamplerOverride.parse("2s:3")
+    built = forecasters_by_name(
+        ["physics", "model", "persistence", "perfect"],
+        checkpoint=checkpoint,
+        sampler=override,
+        physics_method="lagged",
+    )
+    assert list(built) == ["physics", "model", "persistence", "perfect"]
+    kinds = (PhysicsEnsemble, DiffusionModel, Persistence, PerfectModel)
+    assert all(isinstance(f, k) for f, k in zip(built.values(), kinds, strict=True))
+    physics, model = built["physics"], built["model"]
+    assert isinstance(physics, PhysicsEnsemble) and physics.method == "lagged"
+    assert isinstance(model, DiffusionModel) and model.sampler == override
+    assert set(FORECASTERS) - set(built) == {"climatology"}
+    # Climatology opens its archives (here eight days: no whole year to draw from).
+    store = tmp_path / "training.zarr"
+    archive.to_zarr(store, zarr_format=3, consolidated=False)
+    with pytest.raises(ArchiveError, match="holds no whole calendar year"):
+        forecasters_by_name(["climatology"], checkpoint=checkpoint, climatology_archives=[store])
+    with pytest.raises(ValueError, match=r"--models: unknown \['ecmwf', 'gfs'\]; choose from"):
+        forecasters_by_name(["model", "gfs", "ecmwf"], checkpoint=checkpoint)
 
 
 def test_evaluate_command_rejects_a_bad_sampler_before_forecasting(tmp_path):

@@ -19,18 +19,22 @@ from weather.evaluation.report import (
     target_label,
 )
 from weather.evaluation.run import (
+    FORECASTERS,
     EvaluationConfig,
     check_settings,
     evaluate,
     finished_forecasts,
+    forecasters_by_name,
     history_hours_needed,
     open_forecasts,
     run_forecaster,
     score,
     spaced_inits,
+    write_report,
 )
 
 __all__ = [
+    "FORECASTERS",
     "HEADLINE",
     "SCORECARD_REFERENCE",
     "TABLE_LEADS_HOURS",
@@ -39,6 +43,7 @@ __all__ = [
     "ensemble_scores",
     "evaluate",
     "finished_forecasts",
+    "forecasters_by_name",
     "goals_report",
     "history_hours_needed",
     "open_forecasts",
@@ -51,4 +56,5 @@ __all__ = [
     "skill_table",
     "spaced_inits",
     "target_label",
+    "write_report",
 ]

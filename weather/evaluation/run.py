@@ -276,6 +276,91 @@ def evaluate(
     return score(config, list(forecasters), archive, inits)
 
 
+FORECASTERS = ("model", "persistence", "climatology", "physics", "perfect")
+
+
+def forecasters_by_name(
+    names: Sequence[str],
+    *,
+    checkpoint: str | Path,
+    sampler: SamplerOverride | None = None,
+    climatology_archives: Sequence[str | Path] = (),
+    physics_method: str = "bred",
+    storage_options: Mapping[str, object] | None = None,
+) -> dict[str, EnsembleForecaster]:
+    """The forecasters `weather evaluate --models` names, in the order given.
+
+    Args:
+      names: from `FORECASTERS`: ``model`` (the diffusion model of `checkpoint`, with `sampler`),
+        ``persistence``, ``climatology`` (the whole years of `climatology_archives`), ``physics``
+        (the T21 physics ensemble, perturbed by `physics_method`) and ``perfect`` (the truth's
+        own simulator).
+
+    Raises:
+      ValueError: naming the unknown forecasters and the known ones; nothing is opened then.
+    """
+    from weather.baselines import (
+        Climatology,
+        DiffusionModel,
+        PerfectModel,
+        Persistence,
+        PhysicsEnsemble,
+    )
+    from weather.data.reader import open_archives
+
+    unknown = sorted(set(names) - set(FORECASTERS))
+    if unknown:
+        raise ValueError(f"--models: unknown {unknown}; choose from {sorted(FORECASTERS)}")
+    forecasters: dict[str, EnsembleForecaster] = {}
+    for name in names:
+        if name == "model":
+            forecasters[name] = DiffusionModel(Path(checkpoint), sampler)
+        elif name == "persistence":
+            forecasters[name] = Persistence()
+        elif name == "climatology":
+            training = open_archives(climatology_archives, storage_options=storage_options)
+            forecasters[name] = Climatology.of(training)
+        elif name == "physics":
+            forecasters[name] = PhysicsEnsemble(method=physics_method)
+        else:
+            forecasters[name] = PerfectModel()
+    return forecasters
+
+
+def write_report(scores: xr.Dataset, out_dir: str | Path) -> str:
+    """The evaluation's report as Markdown text, with its figures drawn under `out_dir`.
+
+    The fair CRPS and spread/skill tables and their figures against lead (``crps.png``,
+    ``spread_skill.png``); where the model was run with other forecasters, also the scorecard
+    against the reference baseline (``scorecard.png``) and the goals (`goals_report`).
+    """
+    from weather.evaluation.plots import metric_vs_lead, scorecard_figure
+    from weather.evaluation.report import (
+        goals_report,
+        scorecard,
+        scorecard_reference,
+        scorecard_table,
+        skill_table,
+    )
+
+    out = Path(out_dir)
+    names = [str(n) for n in scores["model"].values]
+    inits, members = scores.attrs.get("inits"), scores.attrs.get("members")
+    lines = [f"fair CRPS (variable's units), {inits} inits, {members} members\n"]
+    lines += [skill_table(scores), "\nspread/skill (1 is calibrated; - for single forecasts)\n"]
+    lines.append(skill_table(scores, "spread_skill"))
+    figures = [metric_vs_lead(scores, out / f"{m}.png", metric=m) for m in ("crps", "spread_skill")]
+    if "model" in names and len(names) > 1:
+        reference, sentence = scorecard_reference(scores)
+        card = scorecard(scores, reference=reference)
+        figures.append(scorecard_figure(card, out / "scorecard.png"))
+        lines += [f"\n{sentence}, CRPS difference in % (negative: the model is better)\n"]
+        lines += [scorecard_table(card), f"\ngoals\n\n{goals_report(scores)}"]
+    lines.append(f"\nfigures: {', '.join(str(f) for f in figures)}")
+    lines.append(f"\nscores: {out / 'scores.nc'}")
+    return "\n".join(lines)
+
+
 def history_hours_needed(forecasters: Mapping[str, EnsembleForecaster], members: int) -> int:
     """Hours of analyses before each init that the forecasters read (for `spaced_inits`): 12 h
     for the model's t-12h input, more for bred or lagged physics members."""
@@ -284,13 +369,16 @@ def history_hours_needed(forecasters: Mapping[str, EnsembleForecaster], members:
 
 
 __all__ = [
+    "FORECASTERS",
     "EvaluationConfig",
     "check_settings",
     "evaluate",
     "finished_forecasts",
+    "forecasters_by_name",
     "history_hours_needed",
     "open_forecasts",
     "run_forecaster",
     "score",
     "spaced_inits",
+    "write_report",
 ]
