@@ -84,6 +84,32 @@ def wait_steps(url: str, job_id: str, more_than: int, timeout: float = 180) -> d
     return result
 
 
+# Imported at start-up by the server and its worker child (a `sitecustomize` on their
+# PYTHONPATH): each process's first sampling call runs, and every later one waits while the
+# hold file exists. So a worker process always does exactly one chunk and then stops in a known
+# state, however fast the machine is: the test never races the job to its end.
+GATE = """
+import os
+import time
+
+import service.worker
+
+_hold = os.environ["TEST_WORKER_HOLD"]
+_sample = service.worker.Worker._sample
+_calls = []
+
+
+def _gated(self, lanes):
+    _calls.append(1)
+    while len(_calls) > 1 and os.path.exists(_hold):
+        time.sleep(0.02)
+    return _sample(self, lanes)
+
+
+service.worker.Worker._sample = _gated
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_dead_worker_process_is_replaced_and_none_outlives_its_server(files, tmp_path):
     import httpx
@@ -92,6 +118,13 @@ def test_a_dead_worker_process_is_replaced_and_none_outlives_its_server(files, t
     # A live worker is never taken for dead: 5 s without one of its heartbeats (every 0.2 s)
     # would be a real hang even on a loaded machine.
     env = environment(files, data, heartbeat_s=0.2, worker_timeout_s=5.0, poll_s=0.1)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "sitecustomize.py").write_text(GATE)
+    hold = tmp_path / "hold"
+    hold.touch()
+    env["TEST_WORKER_HOLD"] = str(hold)
+    env["PYTHONPATH"] = os.pathsep.join([str(gate), *filter(None, [env.get("PYTHONPATH")])])
     port = free_port()
     with open(tmp_path / "server.log", "wb") as log:
         server = subprocess.Popen(
@@ -111,6 +144,7 @@ def test_a_dead_worker_process_is_replaced_and_none_outlives_its_server(files, t
         body = {"init_time": INIT, "lead": "P15D", "members": 3, "seed": 5}
         job = httpx.post(f"{url}/forecast", json=body).json()
         first = wait_steps(url, job["id"], 0)
+        assert first["progress"]["steps_done"] == 1, first  # one chunk, then held
 
         # The child dies: the server starts another, which resumes the job once its lease ends.
         os.kill(workers[0], signal.SIGKILL)
@@ -121,12 +155,15 @@ def test_a_dead_worker_process_is_replaced_and_none_outlives_its_server(files, t
             time.sleep(0.1)
         workers += replaced
         resumed = wait_steps(url, job["id"], first["progress"]["steps_done"])
+        # The new child resumed from the first one's step, did its one chunk and is held.
+        assert resumed["progress"]["steps_done"] == 2, resumed
         assert resumed["status"] == "running" and resumed["attempts"] == 2, resumed
         assert httpx.get(f"{url}/readyz").json()["ready"] is True
 
         # The server dies without a shutdown: only the pipe's end tells its child to stop.
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
+        hold.unlink()  # the held child runs its chunk, then finds its server gone
         deadline = time.monotonic() + 60
         while alive(workers[-1]):
             assert time.monotonic() < deadline, "the worker process outlived its server"
@@ -144,7 +181,7 @@ def test_a_dead_worker_process_is_replaced_and_none_outlives_its_server(files, t
         assert after is not None
         # Handed back on a clean stop (that attempt not counted), to resume where it stopped.
         assert after.status == JobState.QUEUED and after.attempts == 1, after
-        assert resumed["progress"]["steps_done"] <= after.steps_done < after.steps_total
+        assert after.steps_done == 3 < after.steps_total, after  # the released chunk, no more
         # Only the killed child's row is left (stale); the second one removed its own.
         rows = store.live_workers(now=time.time(), timeout=3600)
         assert [w.heartbeat_at < first_killed for w in rows] == [True], rows
