@@ -1,4 +1,9 @@
-"""Result formats: a zipped Zarr store, NetCDF, and JSON ensemble summaries at points or regions.
+"""Result formats: a zipped Zarr store, NetCDF, GRIB2, and JSON ensemble summaries at points or
+regions.
+
+Zarr and NetCDF follow CF (`weather.data.layout`); the zipped Zarr store carries consolidated
+metadata, so ``xarray.open_zarr`` opens it silently. GRIB2 is `weather.data.grib`: one message per
+member, lead and field.
 
 Summaries per lead, from the members' values ``[M, S]`` at a point (its nearest grid point) or
 averaged over a region (area-weighted with the whole grid's cell areas):
@@ -8,15 +13,18 @@ mean; spread, the standard deviation with ``M - 1`` (0 for one member); quantile
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from service.points import iso_time, numbers, quantile_key, summaries
 from service.schemas import JobRequest
+from weather.data.grib import write_grib2
 from weather.data.grid import cell_area_weights
+from weather.data.layout import consolidate
+from weather.data.layout import write_netcdf as write_forecast_netcdf
 
 
 def write_zarr_zip(ds: xr.Dataset, path: Path) -> None:
@@ -31,6 +39,7 @@ def write_zarr_zip(ds: xr.Dataset, path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         store = Path(tmp) / "store.zarr"
         ds.to_zarr(store, zarr_format=3, consolidated=False)
+        consolidate(store)
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
             for file in sorted(store.rglob("*")):
                 if file.is_file():
@@ -38,28 +47,35 @@ def write_zarr_zip(ds: xr.Dataset, path: Path) -> None:
 
 
 def write_netcdf(ds: xr.Dataset, path: Path) -> None:
-    """``ds`` as NetCDF-4."""
-    ds.to_netcdf(path, engine="netcdf4")
+    """``ds`` as NetCDF-4 (CF)."""
+    write_forecast_netcdf(ds, path)
 
 
-def _values(x: np.ndarray) -> list[float | None]:
-    return [float(v) if math.isfinite(v) else None for v in np.asarray(x, np.float64)]
+def write_grib(ds: xr.Dataset, path: Path) -> None:
+    """``ds`` as GRIB2 (24-bit simple packing).
+
+    Raises:
+      ValueError: naming a variable without a GRIB2 code (`weather.data.grib.PARAMETERS`).
+    """
+    write_grib2(ds, path)
 
 
 def _summaries(values: np.ndarray, request: JobRequest, name: str) -> dict[str, Any]:
     """Summary fields of a `service.schemas.Series` from ``values`` ``[M, S]``."""
-    m = values.shape[0]
     summary = request.summary
+    mean, spread, quantiles = summaries(values, summary.quantiles)
     out: dict[str, Any] = {
-        "mean": _values(values.mean(axis=0)),
-        "spread": _values(values.std(axis=0, ddof=1) if m > 1 else np.zeros(values.shape[1])),
-        "quantiles": {f"{q:g}": _values(np.quantile(values, q, axis=0)) for q in summary.quantiles},
+        "mean": numbers(mean),
+        "spread": numbers(spread),
+        "quantiles": {
+            quantile_key(q): numbers(quantiles[k]) for k, q in enumerate(summary.quantiles)
+        },
         "exceedance": {
-            f"{t:g}": _values((values > t).mean(axis=0)) for t in summary.thresholds.get(name, [])
+            f"{t:g}": numbers((values > t).mean(axis=0)) for t in summary.thresholds.get(name, [])
         },
     }
     if summary.members:
-        out["members"] = [_values(row) for row in values]
+        out["members"] = [numbers(row) for row in values]
     return out
 
 
@@ -130,14 +146,9 @@ def json_result(
     return {
         "job_id": job_id,
         "complete": complete,
-        "init_time": _iso(init),
+        "init_time": iso_time(init),
         "lead_hours": [int(h) for h in leads // np.timedelta64(1, "h")],
-        "valid_times": [_iso(t) for t in valid],
+        "valid_times": [iso_time(t) for t in valid],
         "members": int(ds.sizes["member"]),
         "series": series,
     }
-
-
-def _iso(t: Any) -> str:
-    """A datetime64 as ISO 8601 UTC with a Z, to the second."""
-    return f"{np.datetime_as_string(np.asarray(t, 'datetime64[s]'), unit='s')}Z"

@@ -175,7 +175,8 @@ class JobFiles:
     def _verify(self, steps_done: int, variables: tuple[str, ...] | list[str]) -> None:
         import zarr
 
-        group = zarr.open_group(self.forecast, mode="r", zarr_format=3)
+        # What is on disk, not what the consolidated metadata remembers (a deleted array).
+        group = zarr.open_group(self.forecast, mode="r", zarr_format=3, use_consolidated=False)
         present = set(group.array_keys())
         for name in variables:
             if name not in present:

@@ -19,7 +19,7 @@ MAX_LEVELS = 64
 MAX_POINTS = 64
 MAX_QUANTILES = 19
 MAX_THRESHOLDS = 16
-OutputFormat = Literal["zarr", "netcdf", "json"]
+OutputFormat = Literal["zarr", "netcdf", "grib2", "json"]
 
 
 class _Strict(BaseModel):
@@ -150,8 +150,9 @@ class ForecastRequestBase(_Strict):
     )
     format: OutputFormat = Field(
         default="zarr",
-        description="default result format: 'zarr' (a zipped Zarr v3 store), 'netcdf', or "
-        "'json' (summaries at points or the area mean of a region; needs points or region)",
+        description="default result format: 'zarr' (a zipped Zarr v3 store), 'netcdf', "
+        "'grib2', or 'json' (summaries at points or the area mean of a region; needs points or "
+        "region)",
     )
     summary: Summary = Field(
         default_factory=Summary, description="what the JSON result reports per lead"

@@ -215,6 +215,48 @@ def reference_forecast(
 def assert_same_forecast(got: xr.Dataset, want: xr.Dataset) -> None:
     """Equal up to float32 rounding of a different batch size (1e-6 relative)."""
     for name in got.data_vars:
-        a, b = got[name].values, want[name].sel(got[name].coords).values
+        # Select by the dims' labels (not every coordinate: valid_time is 2-D).
+        labels = {d: got[name][d].values for d in got[name].dims if d in got[name].indexes}
+        a, b = got[name].values, want[name].sel(labels).values
         scale = float(np.abs(b).max())
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * scale, err_msg=str(name))
+
+
+def tiny_settings(files: ServiceFiles, data_dir: Path, **overrides: Any) -> Any:
+    """`service.settings.Settings` of a test server on `files`, its data under `data_dir`: at
+    most 8 members, padded to one batch size of 8 (one compiled shape); `overrides` set the
+    rest (``worker=False``, timings, keys...)."""
+    from service.settings import Settings
+
+    return Settings(
+        checkpoint=files.checkpoint,
+        archive=files.archive,
+        data_dir=data_dir,
+        max_members=8,
+        batch_sizes=[8],
+        **overrides,
+    )
+
+
+def hold_before_call(
+    monkeypatch: pytest.MonkeyPatch, n: int, timeout_s: float = 120.0
+) -> tuple[threading.Event, threading.Event]:
+    """``(held, release)``: the in-process worker's ``n``-th sampling call from now
+    (`BatchRoller.advance`) sets ``held`` and waits for ``release`` (at most `timeout_s`), so a
+    test sees a job in a known state however fast the machine samples."""
+    from weather.model.rollout import BatchRoller
+
+    held, release = threading.Event(), threading.Event()
+    calls = 0
+    advance = BatchRoller.advance
+
+    def gated(self: BatchRoller, *args: Any, **kwargs: Any) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            held.set()
+            assert release.wait(timeout_s), "the test never released the worker"
+        return advance(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchRoller, "advance", gated)
+    return held, release

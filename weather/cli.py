@@ -389,7 +389,8 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
         "forecast",
         help="run an ensemble forecast from a checkpoint and an analysis archive",
         description="Roll an ensemble out from the analysis at --init and write it to --out "
-        "(Zarr, dims member, init_time, lead_time, level, latitude, longitude).",
+        "(dims member, init_time, lead_time, level, latitude, longitude): a Zarr store, or a "
+        "NetCDF (.nc) or GRIB2 (.grib2) file, CF-compliant.",
     )
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument(
@@ -416,7 +417,16 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="initial-condition noise, in stds of 12 h differences (default off)",
     )
-    p.add_argument("--out", type=Path, required=True, help="Zarr store to create")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="Zarr store or file to create; its ending chooses the format unless --format does "
+        "(.nc/.nc4: NetCDF, .grib2/.grb2/.grib: GRIB2, anything else: Zarr)",
+    )
+    p.add_argument(
+        "--format", default=None, metavar="zarr|netcdf|grib2", help="output format of --out"
+    )
     p.add_argument("--quiet", action="store_true")
 
 
@@ -426,8 +436,14 @@ def _forecast(args: argparse.Namespace) -> int:
     from weather.data.reader import open_archive
     from weather.data.times import parse_lead
     from weather.forecast import forecast, load_forecaster
+    from weather.forecast.run import output_format
     from weather.model.rollout import Roller, RolloutConfig, mesh_for
 
+    try:
+        fmt = output_format(args.out, args.format)
+    except ValueError as error:
+        print(f"error: --format: {error}", file=sys.stderr)
+        return 2
     model = load_forecaster(args.checkpoint, sampler=_parsed_sampler(args.sampler))
     rollout = RolloutConfig(chunk_steps=args.chunk_steps, initial_perturbation=args.perturb)
     try:
@@ -461,11 +477,12 @@ def _forecast(args: argparse.Namespace) -> int:
         seed=args.seed,
         roller=roller,
         out=args.out,
+        out_format=fmt,
         on_chunk=on_chunk,
     )
     if bar is not None:
         bar.close()
-    print(f"wrote {args.out}: {dict(ds.sizes)}")
+    print(f"wrote {args.out} ({fmt}): {dict(ds.sizes)}")
     return 0
 
 
@@ -623,7 +640,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         "score",
         help="score a forecast archive against the truth (lazy, chunked; local or Dask cluster)",
         description="Fair CRPS, ensemble-mean RMSE and spread/skill per variable, level and lead, "
-        "area-weighted and averaged over init times. Reads both archives lazily, so an archive "
+        "area-weighted and averaged over init times; globally, or per WeatherBench2 region and "
+        "lat-lon box (--regions, --box: a region dim). Reads both archives lazily, so an archive "
         "larger than memory scores on one machine; --scheduler runs the same computation on a "
         "Dask cluster.",
     )
@@ -638,7 +656,31 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics",
         default="crps,rmse,spread_skill",
-        help="comma-separated: crps, crps_standard, rmse, spread_skill",
+        help="comma-separated: crps, crps_standard, rmse, spread_skill, acc (the ensemble "
+        "mean's anomaly correlation; needs --climatology)",
+    )
+    p.add_argument(
+        "--regions",
+        help="comma-separated WeatherBench2 regions to score over: global, tropics (-20..20), "
+        "extra-tropics, extra-tropics-north (20..90), extra-tropics-south (-90..-20); edges "
+        "inclusive. The scores file then has a region dim (default: global means, no region dim)",
+    )
+    p.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="LAT_MIN,LAT_MAX,LON_MIN,LON_MAX",
+        help="a lat-lon box to score over too (degrees; LON_MIN > LON_MAX crosses 0/360, e.g. "
+        "30,70,350,40; write --box=-60,-20,0,90 when LAT_MIN is negative); repeatable; adds a "
+        "region dim named box(...)",
+    )
+    p.add_argument(
+        "--climatology",
+        type=as_source,
+        nargs="+",
+        metavar="ARCHIVE",
+        help="training archives whose day-of-year and time-of-day mean (61-day window, as "
+        "WeatherBench2's) is the reference of acc",
     )
     p.add_argument("--scheduler", help="address of a Dask scheduler (default: local threads)")
     p.add_argument("--quiet", action="store_true")
@@ -646,21 +688,42 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 def _score(args: argparse.Namespace) -> int:
     from weather.data.location import storage_options
-    from weather.scoring.batch import score_to_file
+    from weather.scoring.batch import NEEDS_CLIMATOLOGY, score_to_file
+    from weather.scoring.regions import named_regions, parse_box
 
     try:
         options = storage_options(args.storage_options)
     except ValueError as error:
         print(f"error: --storage-options: {error}", file=sys.stderr)
         return 2
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    try:
+        regions = named_regions(args.regions) if args.regions is not None else []
+    except ValueError as error:
+        print(f"error: --regions: {error}", file=sys.stderr)
+        return 2
+    try:
+        regions += [parse_box(text) for text in args.box]
+    except ValueError as error:
+        print(f"error: --box: {error}", file=sys.stderr)
+        return 2
+    if NEEDS_CLIMATOLOGY & set(metrics) and not args.climatology:
+        print(
+            f"error: --metrics: {sorted(NEEDS_CLIMATOLOGY & set(metrics))} need --climatology "
+            "(the training archives)",
+            file=sys.stderr,
+        )
+        return 2
     score_to_file(
         args.forecast,
         args.truth,
         args.out,
         args.scheduler,
-        metrics=tuple(args.metrics.split(",")),
+        metrics=metrics,
         progress=not args.quiet,
         storage_options=options,
+        regions=regions or None,
+        climatology_paths=args.climatology or (),
     )
     print(f"wrote {args.out}")
     return 0

@@ -1,5 +1,7 @@
 """The HTTP routes, one module per resource: the jobs (`jobs`), their results and scores
-(`results`), the server itself (`health`). What they share is `service.deps`.
+(`results`), their points, maps and meteograms read at fetch time (`views`), the archive's init
+times and the model's fields (`archive`), the server itself (`health`), and the web page at ``/``
+with its assets (`page`). What they share is `service.deps`.
 
 Plain ``def`` routes: FastAPI runs them in its thread pool, so store calls and result exports
 never block the event loop. The dependency they share (the API key) is ``async``: it only
@@ -10,7 +12,7 @@ loop and do their store and file work in the thread pool.
 
 from fastapi import APIRouter
 
-from service.routes import health, jobs, results
+from service.routes import archive, health, jobs, page, results, views
 from service.settings import Settings
 
 
@@ -18,7 +20,8 @@ def build_router(settings: Settings) -> APIRouter:
     """Every route; the submission's body model is bounded by ``settings.max_members``."""
     router = APIRouter()
     jobs.add_submission(router, settings)
-    for part in (jobs.router, results.router, health.router):
+    parts = (jobs.router, results.router, views.router, archive.router, health.router, page.router)
+    for part in parts:
         router.include_router(part)
     return router
 

@@ -15,16 +15,24 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import ERRORS, JobId, Owner, Wait, body, damaged, service, settings_of, settled
 from service.errors import SafeJSONResponse
-from service.export import json_result, write_netcdf, write_zarr_zip
+from service.export import json_result, write_grib, write_netcdf, write_zarr_zip
 from service.results import DamagedResultError, JobFiles
 from service.schemas import JobRequest, JobStatus, JsonResult, OutputFormat, Problem, Scores
+from service.scoring import select_region
 from service.store import Job, JobState
+from weather.data.grib import without_grib2_code
+from weather.scoring.regions import REGIONS
 
 log = logging.getLogger("service")
 
 router = APIRouter()
-_MEDIA = {"zarr": "application/zip", "netcdf": "application/x-netcdf"}
-_SUFFIX = {"zarr": ".zarr.zip", "netcdf": ".nc"}
+_MEDIA = {
+    "zarr": "application/zip",
+    "netcdf": "application/x-netcdf",
+    "grib2": "application/x-grib",
+}
+_SUFFIX = {"zarr": ".zarr.zip", "netcdf": ".nc", "grib2": ".grib2"}
+_WRITERS = {"zarr": write_zarr_zip, "netcdf": write_netcdf, "grib2": write_grib}
 
 
 @router.get(
@@ -34,12 +42,19 @@ _SUFFIX = {"zarr": ".zarr.zip", "netcdf": ".nc"}
     responses={
         **ERRORS,
         200: {
-            "description": "the forecast: zipped Zarr v3, NetCDF-4 or JSON summaries; "
-            "headers X-Forecast-Complete (true/false) and X-Leads-Done (hours)",
-            "content": {"application/zip": {}, "application/x-netcdf": {}},
+            "description": "the forecast: zipped Zarr v3, NetCDF-4 (both CF), GRIB2 or JSON "
+            "summaries; headers X-Forecast-Complete (true/false) and X-Leads-Done (hours)",
+            "content": {
+                "application/zip": {},
+                "application/x-netcdf": {},
+                "application/x-grib": {},
+            },
         },
         202: {"model": JobStatus, "description": "no lead is done yet; poll again"},
-        400: {"model": Problem, "description": "JSON without points or region"},
+        400: {
+            "model": Problem,
+            "description": "JSON without points or region; GRIB2 of a variable it has no code for",
+        },
         409: {"model": Problem, "description": "the job failed or was cancelled, no lead"},
         410: {"model": Problem, "description": "the results expired and were deleted"},
     },
@@ -50,7 +65,7 @@ async def get_result(
     owner: Owner,
     format: Annotated[
         OutputFormat | None,
-        Query(description="zarr, netcdf or json (default: the request's format)"),
+        Query(description="zarr, netcdf, grib2 or json (default: the request's format)"),
     ] = None,
     wait: Wait = 0,
 ) -> Response:
@@ -70,6 +85,13 @@ def result_answer(request: Request, job: Job, format: OutputFormat | None) -> Re
     chosen = format or run.format
     if chosen == "json" and run.points is None and run.region is None:
         raise HTTPException(400, "format json: the job's request has no points or region")
+    uncoded = without_grib2_code(run.variables) if chosen == "grib2" else []
+    if uncoded:
+        raise HTTPException(
+            400,
+            f"format grib2: variables {uncoded} have no GRIB2 parameter code; ask for zarr or "
+            "netcdf",
+        )
     if job.steps_done == 0:
         if job.status in (JobState.QUEUED, JobState.RUNNING):
             return SafeJSONResponse(
@@ -111,7 +133,7 @@ def result_answer(request: Request, job: Job, format: OutputFormat | None) -> Re
         ) from None
     path = pathlib.Path(name)
     path.unlink()  # the writers create the file themselves
-    writer = write_zarr_zip if chosen == "zarr" else write_netcdf
+    writer = _WRITERS[chosen]
     try:
         writer(ds, path)
     except BaseException as error:
@@ -144,20 +166,49 @@ def result_answer(request: Request, job: Job, format: OutputFormat | None) -> Re
     responses={
         **ERRORS,
         202: {"model": JobStatus, "description": "the job has not ended yet"},
-        409: {"model": Problem, "description": "the job failed or was cancelled"},
+        409: {
+            "model": Problem,
+            "description": "the job failed or was cancelled; or it was scored before per-region "
+            "scores existed",
+        },
         410: {"model": Problem, "description": "the results expired and were deleted"},
+        422: {
+            "model": Problem,
+            "description": "an unknown region, or one that holds no grid point of the job's box",
+        },
     },
 )
-async def get_scores(job_id: JobId, request: Request, owner: Owner, wait: Wait = 0) -> Any:
+async def get_scores(
+    job_id: JobId,
+    request: Request,
+    owner: Owner,
+    wait: Wait = 0,
+    region: Annotated[
+        str | None,
+        Query(
+            description="average over a WeatherBench2 region instead of the job's whole domain: "
+            + ", ".join(f"{name} ({r.describe()})" for name, r in REGIONS.items())
+            + "; edges inclusive, the whole grid's cell areas; for a box job, the part of the "
+            "box inside the region",
+        ),
+    ] = None,
+) -> Any:
     """Fair CRPS, ensemble-mean RMSE and spread/skill per variable, level and lead
-    (area-weighted over the globe or the job's region); leads whose verifying analysis the
-    archive lacks are marked unverified. ``wait`` > 0 answers once the job ended (or
-    ``wait`` seconds have passed): POST, then one GET with ``wait`` gets the scores."""
+    (area-weighted over the globe or the job's region, or over ``region``); leads whose
+    verifying analysis the archive lacks are marked unverified. ``wait`` > 0 answers once the
+    job ended (or ``wait`` seconds have passed): POST, then one GET with ``wait`` gets the
+    scores."""
+    if region is not None and region not in REGIONS:
+        # Before waiting: a bad request is answered at once.
+        reason = f"unknown region {region!r}; choose from {list(REGIONS)}"
+        raise HTTPException(
+            422, [{"loc": ["query", "region"], "msg": reason, "type": "value_error"}]
+        )
     job = await settled(request, job_id, owner, wait)
-    return await run_in_threadpool(scores_answer, request, job)
+    return await run_in_threadpool(scores_answer, request, job, region)
 
 
-def scores_answer(request: Request, job: Job) -> Any:
+def scores_answer(request: Request, job: Job, region: str | None = None) -> Any:
     job_id = job.id
     if job.expired:
         raise HTTPException(410, f"job {job_id}: its results expired and were deleted")
@@ -171,4 +222,13 @@ def scores_answer(request: Request, job: Job) -> Any:
         raise damaged(job_id, error) from None
     if scores is None:
         raise HTTPException(410, f"job {job_id}: its scores were deleted")
-    return scores
+    if region is None:
+        return {k: v for k, v in scores.items() if k != "regions"}
+    try:
+        return select_region(scores, region)
+    except LookupError as error:
+        # FastAPI's validation layout, naming the parameter (as the views' errors do).
+        detail = [
+            {"loc": ["query", "region"], "msg": f"job {job_id}: {error}", "type": "value_error"}
+        ]
+        raise HTTPException(409 if "regions" not in scores else 422, detail) from None

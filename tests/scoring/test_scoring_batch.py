@@ -129,3 +129,90 @@ def test_one_member_standard_crps_is_the_mae_per_init_time(truth):
         mae.values,
         rtol=1e-6,
     )
+
+
+def test_regions_add_a_region_dim_with_the_in_memory_regional_scores(stores, forecast, truth):
+    from weather.scoring.regions import REGIONS, Region
+
+    # The 4 x 8 grid's rows are +-22.5 and +-67.5: no tropical row.
+    regions = [REGIONS["global"], REGIONS["extra-tropics-north"], Region.box(-30, 70, 300, 60)]
+    fc = xr.open_zarr(stores[0], chunks=FORECAST_CHUNKS, consolidated=False)
+    lazy = score_archive(fc, xr.open_zarr(stores[1], consolidated=False), regions=regions)
+    scores = lazy.compute()
+    assert scores["temperature"].dims == ("metric", "region", "lead_time", "level")
+    assert scores["surface_pressure"].dims == ("metric", "region", "lead_time")
+    assert scores["region"].values.tolist() == [
+        "global",
+        "extra-tropics-north",
+        "box(-30,70,300,60)",
+    ]
+    assert "extra-tropics-north: latitude 20..90" in scores["region"].attrs["definitions"]
+    aligned = metrics.align_truth(forecast, truth[list(forecast.data_vars)])
+    want = metrics.crps(forecast, aligned, region=regions)
+    for name in forecast.data_vars:
+        # The same kernels and means, chunk by chunk (one init and lead per chunk) instead of
+        # whole: equal but for the summation order of the init-time mean, ~1e-7 relative.
+        np.testing.assert_allclose(
+            scores[name].sel(metric="crps").transpose(*want[name].dims).values,
+            want[name].values,
+            rtol=1e-6,
+            err_msg=str(name),
+        )
+    # The global region is the file without regions, bit for bit.
+    plain = score_archive(fc, xr.open_zarr(stores[1], consolidated=False)).compute()
+    xr.testing.assert_identical(
+        scores.sel(region="global", drop=True)["temperature"], plain["temperature"]
+    )
+    with pytest.raises(ValueError, match=r"region 'tropics'.*holds no grid point"):
+        score_archive(forecast, truth, regions=[REGIONS["tropics"]])
+
+
+@pytest.fixture(scope="module")
+def training() -> xr.Dataset:
+    """Another run's weeks around the forecasts' valid times (1-4 January): the climatology."""
+    return synthetic_archive(n_lat=4, n_lon=8, days=24, start="2000-12-18", seed=1)
+
+
+def test_acc_against_the_climatology_of_training_archives(forecast, truth, training, tmp_path):
+    from weather.scoring.climatology import climatological_mean
+
+    scores = score_archive(forecast, truth, ("acc", "rmse"), climatology=training).compute()
+    assert scores["temperature"].dims == ("metric", "lead_time", "level")
+    assert scores.attrs["climatology"] == "[2000-12-18T00:00, 2001-01-10T18:00], window 61 days"
+    names = list(forecast.data_vars)
+    aligned = metrics.align_truth(forecast, truth[names])
+    valid = (forecast["init_time"] + forecast["lead_time"]).values.reshape(-1)
+    clim = metrics.align_truth(forecast, climatological_mean(training, valid, variables=names))
+    want = metrics.anomaly_correlation(forecast, aligned, clim.drop_vars("valid_time"))
+    for name in names:
+        got = scores[name].sel(metric="acc").transpose(*want[name].dims).values
+        # The same computation chunk by chunk against whole arrays (see above).
+        np.testing.assert_allclose(got, want[name].values, rtol=1e-6, err_msg=name)
+        assert (np.abs(got) <= 1).all() and np.isfinite(got).all()
+    with pytest.raises(ValueError, match=r"\['acc'\] need a climatology"):
+        score_archive(forecast, truth, ("crps", "acc"))
+    with pytest.raises(ArchiveError, match="coordinate 'latitude' differs from the forecast's"):
+        score_archive(forecast, truth, ("acc",), climatology=training.isel(latitude=[1, 0, 2, 3]))
+    with pytest.raises(ArchiveError, match="no time at the time of day"):
+        score_archive(forecast, truth, ("acc",), climatology=training.isel(time=slice(0, None, 4)))
+
+
+def test_score_to_file_with_regions_and_acc(stores, training, tmp_path):
+    from weather.scoring.regions import named_regions
+
+    clim_store = tmp_path / "train.zarr"
+    training.to_zarr(clim_store, zarr_format=3, consolidated=False)
+    out = tmp_path / "regional.nc"
+    regions = named_regions("global,extra-tropics-south")
+    written = score_to_file(
+        *stores,
+        out,
+        metrics=("crps", "acc"),
+        regions=regions,
+        climatology_paths=[clim_store],
+        progress=False,
+    )
+    back = xr.open_dataset(out).load()
+    assert back["region"].values.tolist() == ["global", "extra-tropics-south"]
+    assert back["metric"].values.tolist() == ["crps", "acc"]
+    xr.testing.assert_allclose(back, written)

@@ -331,3 +331,82 @@ def test_align_truth_on_a_data_array_and_a_scalar_init_time():
     truth = metrics.align_truth(forecast, archive, missing="raise")
     assert truth.dims == ("lead_time", "latitude", "longitude")
     np.testing.assert_array_equal(truth.isel(latitude=0, longitude=0), [12, 36])
+
+
+def _acc_reference(x: np.ndarray, y: np.ndarray, c: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """WeatherBench2's ACC by its definition, float64, with explicit loops over inits and leads:
+    x [M, init, lead, lat, lon], y and c [init, lead, lat, lon], w [lat, lon] (0 outside the
+    region) -> [lead], the mean over inits."""
+    acc = np.empty(y.shape[:2])
+    for i, j in itertools.product(range(y.shape[0]), range(y.shape[1])):
+        f = x[:, i, j].mean(0) - c[i, j]
+        o = y[i, j] - c[i, j]
+        acc[i, j] = np.sum(w * f * o) / np.sqrt(np.sum(w * f * f) * np.sum(w * o * o))
+    return acc.mean(0)
+
+
+def test_anomaly_correlation_matches_a_brute_force_computation():
+    from weather.scoring.regions import Region
+
+    forecast, truth = _forecast_and_truth(m=3, n_lat=8, n_lon=12, seed=4)
+    rng = np.random.default_rng(5)
+    # A climatology off the truth by a smooth anomaly plus noise.
+    climatology = xr.Dataset(
+        {
+            n: truth[n] - 3.0 * np.cos(np.deg2rad(truth.longitude)) + rng.normal(size=da.shape)
+            for n, da in truth.data_vars.items()
+        }
+    )
+    lat = forecast.latitude.values
+    box = Region.box(-50, 30, 300, 60)  # across the 0/360 meridian
+    inside = ((lat >= -50) & (lat <= 30))[:, None] & (
+        (forecast.longitude.values >= 300) | (forecast.longitude.values <= 60)
+    )[None, :]
+    got = metrics.anomaly_correlation(forecast, truth, climatology)
+    boxed = metrics.anomaly_correlation(forecast, truth, climatology, region=box)
+    assert got.temperature.dims == ("lead_time", "level")
+    assert got.surface_pressure.dims == ("lead_time",)
+    w = _band_weights(lat)[:, None] * np.ones(inside.shape)
+    for name, at in (("temperature", {"level": 500}), ("temperature", {"level": 850}),
+                     ("surface_pressure", {})):  # fmt: skip
+        x, y, c = (d[name].sel(at).values for d in (forecast, truth, climatology))
+        # The ensemble mean and anomalies in float32 (the kernels), float64 sums: |anomaly| ~ 1
+        # to 10 against fields of ~250, so float32 rounding of the mean (~250 * 6e-8 = 1.5e-5)
+        # is ~1e-5 of an anomaly, and the correlation moves by less. Measured: at most 2.5e-7
+        # absolute; 1e-5 leaves room. Dropping the area weights moves it by 0.04 to 0.06.
+        np.testing.assert_allclose(
+            got[name].sel(at).values, _acc_reference(x, y, c, w), atol=1e-5, err_msg=name
+        )
+        np.testing.assert_allclose(
+            boxed[name].sel(at).values,
+            _acc_reference(x, y, c, w * inside),
+            atol=1e-5,
+            err_msg=f"{name} box",
+        )
+
+
+def test_anomaly_correlation_identities():
+    forecast, truth = _forecast_and_truth(m=2, seed=6)
+    # Values exact in float32, so that the float32 ensemble mean of members equal to the
+    # climatology is the climatology itself.
+    climatology = (truth * 0.5 + 10.0).astype(np.float32).astype(np.float64)
+    perfect = forecast * 0 + truth  # every member the truth
+    one = metrics.anomaly_correlation(perfect, truth, climatology)
+    np.testing.assert_allclose(one.temperature.values, 1.0, rtol=1e-6)
+    # The anomaly turned over: -1; the climatology as the forecast: NaN (no forecast anomaly).
+    mirror = 2 * climatology - truth
+    minus = metrics.anomaly_correlation(forecast * 0 + mirror, truth, climatology)
+    np.testing.assert_allclose(minus.temperature.values, -1.0, rtol=1e-6)
+    none = metrics.anomaly_correlation(forecast * 0 + climatology, truth, climatology)
+    assert np.isnan(none.temperature.values).all()
+    kept = metrics.anomaly_correlation(forecast, truth, climatology, over_init_time=False)
+    assert kept.temperature.dims == ("init_time", "lead_time", "level")
+    np.testing.assert_allclose(
+        kept.temperature.mean("init_time").values,
+        metrics.anomaly_correlation(forecast, truth, climatology).temperature.values,
+        rtol=1e-12,
+    )
+    with pytest.raises(ValueError, match="truth and climatology coordinates differ"):
+        metrics.anomaly_correlation(forecast, truth, climatology.isel(latitude=slice(1, None)))
+    with pytest.raises(ValueError, match="surface_pressure: not in the climatology"):
+        metrics.anomaly_correlation(forecast, truth, climatology[["temperature"]])

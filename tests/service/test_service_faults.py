@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from service_support import INIT, REPO, server_thread, service_files
+from service_support import INIT, REPO, server_thread, service_files, tiny_settings
 
 from service.catalog import Catalog, model_info
 from service.results import JobFiles, Subset
@@ -46,13 +46,10 @@ POSTGRES_URL = os.environ.get("WEATHER_TEST_POSTGRES_URL")
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, archive, statistics):  # type: ignore[no-untyped-def]
     files = service_files(tmp_path_factory, archive, statistics)
-    return Settings(
-        checkpoint=files.checkpoint,
-        archive=files.archive,
-        data_dir=tmp_path_factory.mktemp("service-faults"),
+    return tiny_settings(
+        files,
+        tmp_path_factory.mktemp("service-faults"),
         worker=False,
-        max_members=8,
-        batch_sizes=[8],
     )
 
 

@@ -19,9 +19,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_support import INIT, server_thread, service_files
-
-from service.settings import Settings
+from service_support import INIT, server_thread, service_files, tiny_settings
 
 FUZZ = settings(
     max_examples=40,
@@ -117,14 +115,11 @@ def from_schema(schema: dict[str, Any], root: dict[str, Any]) -> st.SearchStrate
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, archive, statistics):  # type: ignore[no-untyped-def]
     files = service_files(tmp_path_factory, archive, statistics)
-    config = Settings(
-        checkpoint=files.checkpoint,
-        archive=files.archive,
-        data_dir=tmp_path_factory.mktemp("service-fuzz"),
+    config = tiny_settings(
+        files,
+        tmp_path_factory.mktemp("service-fuzz"),
         worker=False,
         max_queued=20,
-        max_members=8,
-        batch_sizes=[8],
     )
     with server_thread(config) as url, httpx.Client(base_url=url, timeout=30) as c:
         yield c

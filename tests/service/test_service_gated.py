@@ -8,10 +8,8 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import re
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import numpy as np
@@ -21,16 +19,16 @@ from prometheus_client import generate_latest
 from service_support import (
     INIT,
     assert_same_forecast,
+    hold_before_call,
     reference_forecast,
     server_thread,
     service_files,
+    tiny_settings,
     wait_for,
 )
 
-from service.settings import Settings
 from service.sql_store import open_store
 from service.worker import Worker
-from weather.model.rollout import BatchRoller
 from weather.scoring import metrics
 
 
@@ -42,14 +40,11 @@ def files(tmp_path_factory, archive, statistics):  # type: ignore[no-untyped-def
 @pytest.fixture
 def service(files, tmp_path) -> Iterator[tuple[httpx.Client, Callable[[], Worker]]]:  # type: ignore[no-untyped-def]
     """(client of a server with no worker, a function that starts its worker in-process)."""
-    settings = Settings(
-        checkpoint=files.checkpoint,
-        archive=files.archive,
-        data_dir=tmp_path / "data",
+    settings = tiny_settings(
+        files,
+        tmp_path / "data",
         compilation_cache_dir=files.jax_cache,
         worker=False,
-        max_members=8,
-        batch_sizes=[8],
         warmup=False,
         poll_s=0.1,
     )
@@ -205,19 +200,7 @@ def test_partial_results_while_running_then_cancel(service, monkeypatch):
     """The worker is held before its third sampling call: the job has exactly two leads, which
     the result serves as incomplete; cancelled there, it stops and keeps them."""
     alice, start_worker = service
-    held, release = threading.Event(), threading.Event()
-    calls = 0
-    advance = BatchRoller.advance
-
-    def gated(self: BatchRoller, *args: Any, **kwargs: Any) -> np.ndarray:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            held.set()
-            assert release.wait(120), "the test never released the worker"
-        return advance(self, *args, **kwargs)
-
-    monkeypatch.setattr(BatchRoller, "advance", gated)
+    held, release = hold_before_call(monkeypatch, 3)
     body = {"init_time": INIT, "lead": "P15D", "members": 8, "seed": 1, "format": "netcdf"}
     job = alice.post("/forecast", json=body).json()
     early = alice.get(f"/forecast/{job['id']}/result")

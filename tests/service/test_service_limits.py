@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from service_support import INIT, server_thread, service_files
+from service_support import INIT, server_thread, service_files, tiny_settings
 
 from service.settings import Settings
 
@@ -14,15 +14,12 @@ from service.settings import Settings
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, archive, statistics):  # type: ignore[no-untyped-def]
     files = service_files(tmp_path_factory, archive, statistics)
-    return Settings(
-        checkpoint=files.checkpoint,
-        archive=files.archive,
-        data_dir=tmp_path_factory.mktemp("service-limits"),
+    return tiny_settings(
+        files,
+        tmp_path_factory.mktemp("service-limits"),
         worker=False,
         max_queued=3,
         max_body_bytes=2048,
-        max_members=8,
-        batch_sizes=[8],
         retry_after_s=7,
     )
 

@@ -20,11 +20,10 @@ from service_support import (
     reference_forecast,
     server_thread,
     service_files,
+    tiny_settings,
     wait_for,
     wait_ready,
 )
-
-from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +58,10 @@ def test_a_killed_workers_job_resumes_on_another_and_equals_an_uninterrupted_run
     # taken for dead and re-claims its own job.
     timing = {"heartbeat_s": 0.2, "worker_timeout_s": 5.0, "poll_s": 0.1}
     env = environment(files, data, **timing)
-    settings = Settings(
-        checkpoint=files.checkpoint,
-        archive=files.archive,
-        data_dir=data,
+    settings = tiny_settings(
+        files,
+        data,
         worker=False,
-        max_members=8,
-        batch_sizes=[8],
         **timing,
     )
     body = {"init_time": INIT, "lead": "P5D", "members": 3, "seed": 21}

@@ -20,9 +20,8 @@ import httpx
 import numpy as np
 import pytest
 import xarray as xr
-from service_support import INIT, server_thread, service_files, wait_for
+from service_support import INIT, server_thread, service_files, tiny_settings, wait_for
 
-from service.settings import Settings
 from weather.scoring import metrics
 
 JOBS: dict[str, dict[str, Any]] = {
@@ -54,13 +53,10 @@ def finished(tmp_path_factory, archive, statistics):  # type: ignore[no-untyped-
     """``{job name: (ensemble, scores)}`` of the three jobs, downloaded from the service."""
     files = service_files(tmp_path_factory, archive, statistics)
     root = tmp_path_factory.mktemp("service-scores-reference")
-    settings = Settings(
-        checkpoint=files.checkpoint,
-        archive=files.archive,
-        data_dir=root / "data",
+    settings = tiny_settings(
+        files,
+        root / "data",
         worker_process=False,
-        max_members=8,
-        batch_sizes=[8],
         batch_window_s=0.5,
     )
     out = {}

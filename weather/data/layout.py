@@ -3,14 +3,24 @@
 Dims ``member, init_time, lead_time, [level,] latitude, longitude``; ``lead_time`` a timedelta;
 ``member`` with ``standard_name: realization``; variables with the catalogue's CF attributes.
 
+CF (`CONVENTIONS`): the dims keep their names (many readers use them) and carry the standard
+names CF readers look for: ``init_time`` is the ``forecast_reference_time``, ``lead_time`` the
+``forecast_period`` (encoded in hours), ``member`` the ``realization``; a 2-D ``valid_time``
+coordinate ``[init_time, lead_time]`` (``standard_name: time``) is their sum. Every coordinate
+and variable has units (the times through their encoding: ``hours since 1970-01-01``).
+
 Every producer of forecasts (the diffusion model, the physics and perfect-model ensembles, the
 service's jobs) writes through one `ForecastWriter`: a Zarr store created atomically (all NaN,
 one chunk per init time and lead, so that writing one never touches another) or arrays in memory.
+A store carries consolidated metadata, so that ``xarray.open_zarr`` opens it in one read and
+without a warning; its structure never changes after it is made (writes fill chunks only), so
+the consolidated copy stays true.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +32,9 @@ from weather.data.atomic import replacing
 from weather.data.variables import CATALOGUE
 
 FORECAST_DIMS = ("member", "init_time", "lead_time", "level", "latitude", "longitude")
+CONVENTIONS = "CF-1.8"
+# The epoch of the stored times: CF readers get "hours since 1970-01-01".
+_EPOCH = np.datetime64("1970-01-01T00:00:00", "ns")
 
 
 def variable_attrs(name: str) -> dict[str, Any]:
@@ -35,18 +48,58 @@ def variable_attrs(name: str) -> dict[str, Any]:
     return attrs
 
 
+def _time_unit(values: np.ndarray, zero: np.datetime64 | np.timedelta64) -> str:
+    """The coarsest of hours, minutes and seconds that counts ``values - zero`` in whole
+    numbers (so xarray stores them as int64, exactly, instead of warning and using floats)."""
+    offsets = (np.asarray(values) - zero).astype("timedelta64[ns]").astype(np.int64).ravel()
+    for unit, ns in (("hours", 3_600_000_000_000), ("minutes", 60_000_000_000)):
+        if (offsets % ns == 0).all():
+            return unit
+    return "seconds"
+
+
 def _annotate_coords(ds: xr.Dataset) -> None:
-    ds["member"].attrs.update(standard_name="realization", long_name="ensemble member")
-    ds["lead_time"].attrs.update(long_name="forecast lead time")
-    ds["init_time"].attrs.update(long_name="forecast initial time")
-    ds["latitude"].attrs.update(units="degrees_north", standard_name="latitude")
-    ds["longitude"].attrs.update(units="degrees_east", standard_name="longitude")
+    ds["member"].attrs.update(standard_name="realization", long_name="ensemble member", units="1")
+    ds["latitude"].attrs.update(units="degrees_north", standard_name="latitude", axis="Y")
+    ds["longitude"].attrs.update(units="degrees_east", standard_name="longitude", axis="X")
     if "level" in ds.coords:
-        ds["level"].attrs.update(units="hPa", long_name="pressure level")
+        ds["level"].attrs.update(
+            units="hPa",
+            long_name="pressure level",
+            standard_name="air_pressure",
+            positive="down",
+            axis="Z",
+        )
+    # Time units live in the encoding: xarray refuses a "units" attribute on datetime64 and
+    # timedelta64 variables and writes the encoding's units instead.
+    ds["init_time"].attrs.update(
+        standard_name="forecast_reference_time", long_name="forecast reference (initial) time"
+    )
+    ds["lead_time"].attrs.update(standard_name="forecast_period", long_name="forecast lead time")
+    # With the dtype too: xarray wants both or neither for chunked (dask) times, and the unit
+    # counts every time in whole numbers.
+    ds["lead_time"].encoding.update(
+        units=_time_unit(ds["lead_time"].values, np.timedelta64(0, "ns")), dtype="int64"
+    )
+    if ds["init_time"].ndim <= 1 and ds["lead_time"].ndim <= 1:
+        ds.coords["valid_time"] = ds["init_time"] + ds["lead_time"]
+        ds["valid_time"].attrs.update(standard_name="time", long_name="valid time")
+    for name in ("init_time", "valid_time"):
+        if name in ds.coords:
+            unit = _time_unit(ds[name].values, _EPOCH)
+            ds[name].encoding.update(
+                units=f"{unit} since 1970-01-01", calendar="proleptic_gregorian", dtype="int64"
+            )
+    for name in ("latitude", "longitude"):
+        # CF: coordinate variables hold no missing values, so no _FillValue (xarray would add
+        # NaN to float ones).
+        ds[name].encoding["_FillValue"] = None
+    ds.attrs.setdefault("Conventions", CONVENTIONS)
 
 
 def annotate_forecast(ds: xr.Dataset) -> None:
-    """Set (in place) the CF attributes of a forecast dataset's variables and coordinates."""
+    """Set (in place) the CF attributes of a forecast dataset's variables and coordinates, its
+    ``valid_time`` coordinate and its ``Conventions``."""
     for name in ds.data_vars:
         ds[name].attrs.update(variable_attrs(str(name)))
     _annotate_coords(ds)
@@ -140,6 +193,33 @@ class ForecastLayout:
         return ds
 
 
+def consolidate(store: str | Path) -> None:
+    """Write the consolidated metadata of a Zarr v3 store (every array's metadata in the root
+    ``zarr.json``), so that ``xarray.open_zarr`` reads it once and does not warn.
+
+    Call it once the store's structure is final: writing chunks afterwards keeps it true, adding
+    arrays or attributes does not.
+    """
+    import zarr
+
+    with warnings.catch_warnings():
+        # zarr warns that consolidated metadata is not in the v3 spec yet; xarray and
+        # zarr-python both read it, and readers without it fall back to listing the store.
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(store), zarr_format=3)
+
+
+def write_netcdf(ds: xr.Dataset, path: str | Path) -> None:
+    """A forecast as one NetCDF-4 file (CF: no _FillValue on the grid's coordinates, which
+    xarray would otherwise give float coordinates, even when read from a Zarr store)."""
+    encoding = {
+        str(dim): {"_FillValue": None}
+        for dim in ds.dims
+        if dim in ds.coords and ds[dim].dtype.kind == "f"
+    }
+    ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
+
+
 class ForecastWriter:
     """Streams a forecast into a Zarr store or into arrays in memory.
 
@@ -191,7 +271,11 @@ class ForecastWriter:
         assert self.layout is not None
         store.parent.mkdir(parents=True, exist_ok=True)
         with replacing(store, ".creating") as tmp:
-            self.layout.coords().to_zarr(tmp, zarr_format=3, consolidated=False)
+            coords = self.layout.coords()
+            # valid_time [init_time, lead_time] chunked as the fields are, so that a reader
+            # asking for chunks of one init time and lead (the scores do) splits none.
+            coords["valid_time"].encoding["chunks"] = (1, 1)
+            coords.to_zarr(tmp, zarr_format=3, consolidated=False)
             group = zarr.open_group(tmp, mode="r+", zarr_format=3)
             for name in self.layout.variables:
                 dims, shape = self.layout.dims(name), self.layout.shape(name)
@@ -199,6 +283,9 @@ class ForecastWriter:
                     1 if d in ("init_time", "lead_time") else n
                     for d, n in zip(dims, shape, strict=True)
                 )
+                attrs = variable_attrs(name)
+                # CF ties the 2-D valid time to each field; xarray reads it back as a coordinate.
+                attrs["coordinates"] = "valid_time"
                 group.create_array(
                     name,
                     shape=shape,
@@ -206,8 +293,9 @@ class ForecastWriter:
                     dtype="float32",
                     fill_value=np.nan,
                     dimension_names=dims,
-                    attributes=variable_attrs(name),
+                    attributes=attrs,
                 )
+            consolidate(tmp)
 
     def write(
         self,
@@ -229,7 +317,8 @@ class ForecastWriter:
             return
         import zarr
 
-        group = zarr.open_group(self.store, mode="r+", zarr_format=3)
+        # The arrays as they are on disk, not as the consolidated copy remembers them.
+        group = zarr.open_group(self.store, mode="r+", zarr_format=3, use_consolidated=False)
         self._check_names(fields, list(group.array_keys()))
         for name, value in fields.items():
             array = group[name]
@@ -259,9 +348,12 @@ class ForecastWriter:
 
 
 __all__ = [
+    "CONVENTIONS",
     "FORECAST_DIMS",
     "ForecastLayout",
     "ForecastWriter",
     "annotate_forecast",
+    "consolidate",
     "variable_attrs",
+    "write_netcdf",
 ]

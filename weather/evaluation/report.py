@@ -1,7 +1,8 @@
 """Reporting an evaluation: skill tables, the scorecard against a reference, the goals.
 
-Reads the scores `weather.evaluation.run.score` writes (``(model, metric, lead_time[, level])``)
-and prints Markdown; the figures are `weather.evaluation.plots`.
+Reads the scores `weather.evaluation.run.score` writes (``(model, metric, lead_time[, level])``,
+and per region ``(model, metric, region, lead_time[, level])``) and prints Markdown; the figures
+are `weather.evaluation.plots`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,31 @@ def skill_table(scores: xr.Dataset, metric: str = "crps") -> str:
             cells = [_fmt(float(row.sel(lead_time=np.timedelta64(h, "h")))) for h in columns]
             lines.append(f"| {label} | {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def region_tables(
+    regional: xr.Dataset, metric: str = "crps", skip: Sequence[str] = ("global",)
+) -> str:
+    """`skill_table` of ``metric`` for each region of ``regional`` but ``skip``, each under a
+    line naming the region and its extent (the ``region`` coordinate's ``definitions``).
+
+    Args:
+      regional: scores with dims ``(model, metric, region, lead_time[, level])``.
+    """
+    definitions = dict(
+        part.split(": ", 1)
+        for part in str(regional["region"].attrs.get("definitions", "")).split("; ")
+        if ": " in part
+    )
+    label = "fair CRPS (variable's units)" if metric == "crps" else metric
+    blocks = []
+    for region in [str(r) for r in regional["region"].values]:
+        if region in skip:
+            continue
+        extent = f" ({definitions[region]})" if region in definitions else ""
+        table = skill_table(regional.sel(region=region, drop=True), metric)
+        blocks.append(f"{label} over {region}{extent}\n\n{table}")
+    return "\n\n".join(blocks)
 
 
 def scorecard(
@@ -320,6 +346,7 @@ __all__ = [
     "ensemble_scores",
     "goals_report",
     "pooled_spread_skill",
+    "region_tables",
     "scorecard",
     "scorecard_reference",
     "scorecard_table",

@@ -8,7 +8,11 @@ is kept):
   forecast is redone from scratch rather than scored half-written;
 - ``settings.json``: what the forecasts were made with (`check_settings`);
 - ``scores.nc``: dims ``(model, metric, lead_time[, level])``, one data variable per forecast
-  variable, scored with `weather.scoring.batch.score_archive` against the analysis archive.
+  variable, scored with `weather.scoring.batch.score_archive` against the analysis archive:
+  global means;
+- ``scores_by_region.nc``: the same scores per WeatherBench2 region
+  (`weather.scoring.regions.HEADLINE_REGIONS`: global, tropics, extra-tropics-north and -south),
+  dims ``(model, metric, region, lead_time[, level])``.
 
 Forecasters are `weather.baselines.EnsembleForecaster`s (the diffusion model and the
 baselines alike), run by `run_forecaster`.
@@ -37,6 +41,8 @@ from weather.data.times import STEP, TimeLike, to_datetime64
 if TYPE_CHECKING:
     from weather.baselines.interface import EnsembleForecaster
     from weather.model.sampler import SamplerOverride
+
+REGIONAL_SCORES = "scores_by_region.nc"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,14 +221,22 @@ def finished_forecasts(out_dir: str | Path, name: str) -> xr.Dataset:
 
 
 def _join(parts: list[xr.Dataset]) -> xr.Dataset:
-    return xr.concat(
-        parts,
+    """Stores of one forecaster (one per init) joined along ``init_time``.
+
+    ``valid_time`` is dropped and rebuilt: stores written before it was part of the layout
+    lack it, and a resumed evaluation joins old stores with new ones.
+    """
+    joined = xr.concat(
+        [part.drop_vars("valid_time", errors="ignore") for part in parts],
         dim="init_time",
         data_vars="minimal",
         coords="minimal",
         compat="override",
         join="override",
     )
+    joined.coords["valid_time"] = joined["init_time"] + joined["lead_time"]
+    joined["valid_time"].attrs.update(standard_name="time", long_name="valid time")
+    return joined
 
 
 def score(
@@ -231,10 +245,28 @@ def score(
     truth: xr.Dataset,
     inits: np.ndarray,
     metrics: Sequence[str] = ("crps", "rmse", "spread_skill"),
+    *,
+    regions: Sequence[str] | None = None,
 ) -> xr.Dataset:
-    """Scores of every forecaster, ``(model, metric, lead_time[, level])``, written to scores.nc."""
-    from weather.scoring.batch import score_archive
+    """Scores of every forecaster, ``(model, metric, lead_time[, level])``: global means,
+    written to ``scores.nc`` and returned.
 
+    Each forecast's per-point scores are also averaged over each of ``regions`` (names of
+    `weather.scoring.regions.REGIONS`; None: its `HEADLINE_REGIONS`, WeatherBench2's global,
+    tropics, extra-tropics-north and -south; those holding no row of the grid are left out) and
+    written to ``scores_by_region.nc``, dims ``(model, metric, region, lead_time[, level])``;
+    empty ``regions``: no such file (an older one is removed, so that it never describes other
+    forecasts).
+    """
+    from weather.scoring.batch import score_archive
+    from weather.scoring.regions import GLOBAL, HEADLINE_REGIONS, named_regions
+
+    names_wanted = HEADLINE_REGIONS if regions is None else tuple(regions)
+    chosen = (
+        [r for r in named_regions(names_wanted) if r.name != GLOBAL.name] if names_wanted else []
+    )
+    lat, lon = truth["latitude"].values, truth["longitude"].values
+    chosen = [r for r in chosen if r.latitude_mask(lat).any() and r.longitude_mask(lon).any()]
     per_model = []
     for name in names:
         forecast = open_forecasts(config, name, inits)
@@ -242,22 +274,31 @@ def score(
         single = forecast.sizes["member"] == 1
         if single and "crps" in wanted:
             wanted[wanted.index("crps")] = "crps_standard"
-        scores = score_archive(forecast, truth, wanted).compute()
+        # Every region in one graph: the per-point scores are computed once.
+        scores = score_archive(forecast, truth, wanted, regions=[GLOBAL, *chosen]).compute()
         if single:
             scores = scores.assign_coords(
                 metric=[m if m != "crps_standard" else "crps" for m in scores["metric"].values]
             )
         per_model.append(scores.expand_dims(model=[name]))
-    joined = xr.concat(per_model, dim="model", join="outer")
-    joined.attrs.update(
+    by_region = xr.concat(per_model, dim="model", join="outer")
+    by_region.attrs.update(
         inits=len(inits),
         first_init=str(inits[0]),
         last_init=str(inits[-1]),
         members=config.members,
         crps_note="fair CRPS for ensembles; for one member, its mean absolute error",
     )
+    joined = by_region.sel(region=GLOBAL.name, drop=True)
+    joined.attrs["description"] = "latitude-area weighted global means, averaged over init times"
     with replacing(config.out_dir / "scores.nc") as tmp:
         joined.to_netcdf(tmp)
+    regional = config.out_dir / REGIONAL_SCORES
+    if chosen:
+        with replacing(regional) as tmp:
+            by_region.to_netcdf(tmp)
+    else:
+        regional.unlink(missing_ok=True)
     return joined
 
 
@@ -327,16 +368,22 @@ def forecasters_by_name(
     return forecasters
 
 
-def write_report(scores: xr.Dataset, out_dir: str | Path) -> str:
+def write_report(
+    scores: xr.Dataset, out_dir: str | Path, regional: xr.Dataset | None = None
+) -> str:
     """The evaluation's report as Markdown text, with its figures drawn under `out_dir`.
 
     The fair CRPS and spread/skill tables and their figures against lead (``crps.png``,
     ``spread_skill.png``); where the model was run with other forecasters, also the scorecard
-    against the reference baseline (``scorecard.png``) and the goals (`goals_report`).
+    against the reference baseline (``scorecard.png``) and the goals (`goals_report`). Then the
+    fair CRPS table of each region but the globe (`region_tables`) from ``regional`` (dims
+    ``(model, metric, region, lead_time[, level])``), or when None from ``out_dir``'s
+    ``scores_by_region.nc`` if `score` wrote one for the same forecasters.
     """
     from weather.evaluation.plots import metric_vs_lead, scorecard_figure
     from weather.evaluation.report import (
         goals_report,
+        region_tables,
         scorecard,
         scorecard_reference,
         scorecard_table,
@@ -356,8 +403,16 @@ def write_report(scores: xr.Dataset, out_dir: str | Path) -> str:
         figures.append(scorecard_figure(card, out / "scorecard.png"))
         lines += [f"\n{sentence}, CRPS difference in % (negative: the model is better)\n"]
         lines += [scorecard_table(card), f"\ngoals\n\n{goals_report(scores)}"]
+    if regional is None and (out / REGIONAL_SCORES).exists():
+        with xr.open_dataset(out / REGIONAL_SCORES) as saved:
+            same = [str(n) for n in saved["model"].values] == names
+            regional = saved.load() if same else None
+    if regional is not None:
+        lines.append(f"\n{region_tables(regional)}")
     lines.append(f"\nfigures: {', '.join(str(f) for f in figures)}")
     lines.append(f"\nscores: {out / 'scores.nc'}")
+    if regional is not None and (out / REGIONAL_SCORES).exists():
+        lines.append(f"\nscores by region: {out / REGIONAL_SCORES}")
     return "\n".join(lines)
 
 

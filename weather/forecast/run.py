@@ -2,7 +2,8 @@
 
 `forecast` reads the two analysis states at ``init - 12h`` and ``init`` (`initial_states`),
 rolls the ensemble out chunk by chunk, and either returns the forecast as an `xarray.Dataset` or
-streams each chunk of leads into a Zarr store as it is produced (`weather.data.layout`).
+streams each chunk of leads into a Zarr store as it is produced (`weather.data.layout`), or
+writes it at the end as one NetCDF or GRIB2 file (`OUTPUT_FORMATS`, chosen by `output_format`).
 
 Forecast layout (WeatherBench2 style, physical units, canonical names): dims
 ``member, init_time, lead_time, level, latitude, longitude`` for level fields and
@@ -17,13 +18,15 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import xarray as xr
 
+from weather.data.atomic import replacing
 from weather.data.errors import ArchiveError
-from weather.data.layout import ForecastLayout, ForecastWriter
+from weather.data.grib import without_grib2_code, write_grib2
+from weather.data.layout import ForecastLayout, ForecastWriter, write_netcdf
 from weather.data.reader import select_window
 from weather.data.times import STEP, TimeLike, parse_lead, to_datetime64
 from weather.forecast.load import LoadedModel
@@ -35,6 +38,31 @@ from weather.model.task import (
     state_to_channels,
     static_channels,
 )
+
+OutputFormat = Literal["zarr", "netcdf", "grib2"]
+OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
+# File name endings that choose a format; anything else is a Zarr store (a directory).
+_SUFFIXES = {
+    ".nc": "netcdf",
+    ".nc4": "netcdf",
+    ".grib2": "grib2",
+    ".grb2": "grib2",
+    ".grib": "grib2",
+}
+
+
+def output_format(out: str | Path, chosen: str | None = None) -> OutputFormat:
+    """The format of an output: ``chosen`` if given, else from the name's ending (``.nc``,
+    ``.nc4``: NetCDF; ``.grib2``, ``.grb2``, ``.grib``: GRIB2; anything else: a Zarr store).
+
+    Raises:
+      ValueError: naming ``chosen`` when it is not one of `OUTPUT_FORMATS`.
+    """
+    if chosen is None:
+        chosen = _SUFFIXES.get(Path(out).suffix.lower(), "zarr")
+    if chosen not in OUTPUT_FORMATS:
+        raise ValueError(f"output format {chosen!r}: not one of {list(OUTPUT_FORMATS)}")
+    return cast(OutputFormat, chosen)
 
 
 def check_archive_fits(
@@ -128,6 +156,7 @@ def forecast(
     rollout: RolloutConfig | None = None,
     roller: Roller | None = None,
     out: str | Path | None = None,
+    out_format: str | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> xr.Dataset:
     """Run an ensemble forecast.
@@ -141,15 +170,30 @@ def forecast(
       seed: the forecast's seed (member i is the same for any ensemble size).
       rollout: chunking, perturbations and sampler overrides.
       roller: a `Roller` to reuse (its compiled chunks), instead of `rollout`.
-      out: a Zarr store to stream into (written atomically per chunk of leads; must not exist).
+      out: where to write the forecast (must not exist): a Zarr store, streamed into per chunk
+        of leads, or a NetCDF or GRIB2 file, written whole (atomically) at the end.
+      out_format: one of `OUTPUT_FORMATS`; None chooses by the name of ``out``
+        (`output_format`).
       on_chunk: called with (steps done, steps total) after each chunk.
 
     Returns:
-      The forecast (loaded in memory, or opened lazily from `out`).
+      The forecast (loaded in memory, or opened lazily from a Zarr ``out``).
+
+    Raises:
+      ValueError: a bad argument, an unknown ``out_format`` or, for GRIB2, a variable without
+        a GRIB2 code (checked before anything runs).
+      FileExistsError: ``out`` exists.
     """
     if members < 1:
         raise ValueError(f"members: must be >= 1, got {members}")
     fc = model.forecaster
+    fmt = output_format(out, out_format) if out is not None else "zarr"
+    if out is not None and fmt != "zarr":
+        if Path(out).exists():
+            raise FileExistsError(f"out: {out} exists; forecasts never overwrite a file")
+        uncoded = without_grib2_code((*fc.task.level_variables, *fc.task.surface_variables))
+        if fmt == "grib2" and uncoded:
+            raise ValueError(f"out: GRIB2 has no parameter code for the variables {uncoded}")
     total = parse_lead(lead)
     steps = int(total // STEP)
     init = to_datetime64(init_time, "init_time")
@@ -166,7 +210,8 @@ def forecast(
         ),
         "initial_perturbation": roller.config.initial_perturbation,
     }
-    writer = ForecastWriter(_forecast_layout(fc, init, leads, member_index, attrs), out)
+    layout = _forecast_layout(fc, init, leads, member_index, attrs)
+    writer = ForecastWriter(layout, out if fmt == "zarr" else None)
     for lo, states in roller.run(
         model.params,
         previous=previous,
@@ -183,7 +228,19 @@ def forecast(
         writer.write(fields, lead=slice(lo, hi))
         if on_chunk is not None:
             on_chunk(hi, steps)
-    return writer.dataset()
+    ds = writer.dataset()
+    if out is not None and fmt != "zarr":
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with replacing(out) as tmp:
+            (write_grib2 if fmt == "grib2" else write_netcdf)(ds, tmp)
+    return ds
 
 
-__all__ = ["check_archive_fits", "forecast", "initial_states"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "OutputFormat",
+    "check_archive_fits",
+    "forecast",
+    "initial_states",
+    "output_format",
+]

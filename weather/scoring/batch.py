@@ -9,14 +9,21 @@ Output layout: one data variable per forecast variable (the variable's own name 
 attribute), dims ``(metric, lead_time, [level])`` — plus ``init_time`` when
 ``over_init_time=False`` — with a string ``metric`` coordinate in the order asked. Keeping
 variables as data variables (not a ``variable`` dim) lets level and surface fields keep their own
-dims. Metrics (all latitude-area weighted means over the globe, then over init times):
+dims. With ``regions`` (`weather.scoring.regions`) the scores gain a ``region`` dim after
+``metric``, ``(metric, region, lead_time, [level])`` as in WeatherBench2's results, labelled by
+the regions' names; without, they are the global means and have no ``region`` dim (the layout
+of every scores file before regions existed). Metrics (all latitude-area weighted means over
+the globe or each region, then over init times):
 
 - ``crps``: fair ensemble CRPS (`metrics.crps`, ``fair=True``), units of the variable; NaN for a
   one-member forecast;
 - ``crps_standard``: CRPS of the ensemble as an empirical distribution (MAE for one member);
 - ``rmse``: RMSE of the ensemble mean (`metrics.ensemble_mean_rmse`), units of the variable;
 - ``spread_skill``: spread/skill ratio with the finite-ensemble correction
-  (`metrics.spread_skill_ratio`), dimensionless.
+  (`metrics.spread_skill_ratio`), dimensionless;
+- ``acc``: anomaly correlation of the ensemble mean (`metrics.anomaly_correlation`) against the
+  climatological mean of a ``climatology`` archive (`climatology.climatological_mean`, e.g. the
+  training years), dimensionless; needs ``climatology``.
 """
 
 from __future__ import annotations
@@ -31,15 +38,20 @@ import xarray as xr
 
 from weather.data.errors import ArchiveError
 from weather.data.location import is_url
-from weather.data.reader import open_archive
+from weather.data.reader import open_archive, open_archives
 from weather.scoring import metrics as m
+from weather.scoring.climatology import WINDOW_DAYS, climatological_mean
+from weather.scoring.regions import Region
 
+# Each takes (forecast, truth, climatology or None, **options).
 METRICS: dict[str, Callable[..., xr.Dataset]] = {
-    "crps": lambda f, t, **kw: m.crps(f, t, fair=True, **kw),
-    "crps_standard": lambda f, t, **kw: m.crps(f, t, fair=False, **kw),
-    "rmse": m.ensemble_mean_rmse,
-    "spread_skill": m.spread_skill_ratio,
+    "crps": lambda f, t, c, **kw: m.crps(f, t, fair=True, **kw),
+    "crps_standard": lambda f, t, c, **kw: m.crps(f, t, fair=False, **kw),
+    "rmse": lambda f, t, c, **kw: m.ensemble_mean_rmse(f, t, **kw),
+    "spread_skill": lambda f, t, c, **kw: m.spread_skill_ratio(f, t, **kw),
+    "acc": lambda f, t, c, **kw: m.anomaly_correlation(f, t, c, **kw),
 }
+NEEDS_CLIMATOLOGY = frozenset({"acc"})
 
 # Chunks of a forecast for scoring: all members together (the kernels need them in one chunk),
 # one init time and one lead per chunk, whole fields.
@@ -54,6 +66,9 @@ def score_archive(
     variables: Sequence[str] | None = None,
     over_init_time: bool = True,
     skipna: bool = False,
+    regions: Sequence[Region] | None = None,
+    climatology: xr.Dataset | None = None,
+    window_days: int = WINDOW_DAYS,
 ) -> xr.Dataset:
     """Scores of ``forecast`` against ``truth``, lazy when either is Dask-backed.
 
@@ -68,19 +83,35 @@ def score_archive(
       variables: forecast variables to score; all when None.
       over_init_time: average over init times (else keep an ``init_time`` dim).
       skipna: leave NaN points out of the averages (see `weather.scoring.metrics`).
+      regions: score over each of these regions (a ``region`` dim, in this order); None: the
+        globe, without a ``region`` dim.
+      climatology: for ``acc``: archives on the forecast's grid whose climatological mean at
+        each valid time is the anomalies' reference (computed here, eagerly: one read of the
+        archives' times that the valid times' windows reach).
+      window_days: the climatology's triangular window (days, odd; WeatherBench2: 61).
 
     Returns:
-      Dataset, one variable per forecast variable, dims ``(metric, lead_time, [level])``; Dask
-      arrays until computed (``.compute()``) when the inputs are Dask-backed.
+      Dataset, one variable per forecast variable, dims ``(metric, [region,] lead_time,
+      [level])``; Dask arrays until computed (``.compute()``) when the inputs are Dask-backed.
 
     Raises:
-      ValueError: an unknown metric.
-      ArchiveError: a variable absent from the forecast or the truth, levels or valid times that
-        the truth lacks.
+      ValueError: an unknown metric, ``acc`` without a climatology, a region that holds no grid
+        point, or repeated region names.
+      ArchiveError: a variable absent from the forecast, the truth or the climatology, levels
+        or valid times that the truth lacks, a climatology on another grid.
     """
     unknown = [name for name in metrics if name not in METRICS]
     if unknown or not metrics:
         raise ValueError(f"metrics: unknown {unknown} (choose among {sorted(METRICS)})")
+    if NEEDS_CLIMATOLOGY & set(metrics) and climatology is None:
+        raise ValueError(
+            f"metrics: {sorted(NEEDS_CLIMATOLOGY & set(metrics))} need a climatology (the "
+            "training archives, --climatology)"
+        )
+    if regions is not None:
+        regions = list(regions)
+        for region in regions:  # fails now, naming the region, rather than inside the graph
+            region.indices(forecast["latitude"].values, forecast["longitude"].values)
     names = [str(n) for n in forecast.data_vars] if variables is None else list(variables)
     for name in names:
         if name not in forecast.data_vars:
@@ -103,25 +134,60 @@ def score_archive(
         target = target.sel(level=fc["level"].values)
     aligned = m.align_truth(fc, target, missing="raise")
     aligned = aligned.drop_vars("valid_time")
-    per_metric = [
-        METRICS[name](fc, aligned, over_init_time=over_init_time, skipna=skipna) for name in metrics
-    ]
+    anomalies_of = None
+    if NEEDS_CLIMATOLOGY & set(metrics):
+        assert climatology is not None
+        anomalies_of = _climatology_at(fc, names, climatology, window_days)
+    options = {"over_init_time": over_init_time, "skipna": skipna, "region": regions}
+    per_metric = [METRICS[name](fc, aligned, anomalies_of, **options) for name in metrics]
     scores = xr.concat(
         per_metric, dim="metric", data_vars="all", coords="minimal", compat="override", join="exact"
     )
     # Variable-length strings: Zarr 3 has no stable fixed-length unicode type (it warns).
     scores = scores.assign_coords(metric=np.array(list(metrics), dtype=object))
+    first = ("metric", "region", "lead_time") if regions is not None else ("metric", "lead_time")
     for name in names:
-        scores[name] = scores[name].transpose("metric", "lead_time", ...)
+        scores[name] = scores[name].transpose(*first, ...)
         units = forecast[name].attrs.get("units")
         if units is not None:
             # Not "units": spread_skill is dimensionless while the other scores are not.
             scores[name].attrs["variable_units"] = units
     scores["metric"].attrs["long_name"] = "score"
-    scores.attrs["description"] = "latitude-area weighted global means" + (
+    where = "global means" if regions is None else "means over each region"
+    scores.attrs["description"] = f"latitude-area weighted {where}" + (
         ", averaged over init times" * over_init_time
     )
+    if regions is not None:
+        scores["region"].attrs["definitions"] = "; ".join(
+            f"{r.name}: {r.describe()}" for r in regions
+        )
+    if anomalies_of is not None:
+        scores.attrs["climatology"] = (
+            f"{anomalies_of.attrs['climatology_span']}, window {window_days} days"
+        )
     return scores
+
+
+def _climatology_at(
+    forecast: xr.Dataset, names: list[str], climatology: xr.Dataset, window_days: int
+) -> xr.Dataset:
+    """The climatological mean at each forecast's valid time, laid out like the aligned truth
+    ``(init_time, lead_time, [level,] latitude, longitude)``."""
+    for coord in ("latitude", "longitude"):
+        if coord not in climatology.coords or not np.array_equal(
+            np.asarray(climatology[coord].values, np.float64),
+            np.asarray(forecast[coord].values, np.float64),
+        ):
+            raise ArchiveError(
+                f"climatology archive: coordinate {coord!r} differs from the forecast's (the "
+                "climatology must be on the forecast's grid)"
+            )
+    valid = (forecast["init_time"] + forecast["lead_time"]).values.reshape(-1)
+    levels = forecast["level"].values.tolist() if "level" in forecast.dims else None
+    mean = climatological_mean(
+        climatology, valid, variables=names, levels=levels, window_days=window_days
+    )
+    return m.align_truth(forecast, mean, missing="raise").drop_vars("valid_time")
 
 
 def score_to_file(
@@ -135,6 +201,8 @@ def score_to_file(
     over_init_time: bool = True,
     progress: bool = True,
     storage_options: Mapping[str, object] | None = None,
+    regions: Sequence[Region] | None = None,
+    climatology_paths: Sequence[str | os.PathLike[str]] = (),
 ) -> xr.Dataset:
     """Score a Zarr forecast archive against a Zarr (or NetCDF) analysis archive into a file.
 
@@ -149,9 +217,11 @@ def score_to_file(
       out_path: where to write; must not exist.
       client_address: a ``dask.distributed`` scheduler address (``"tcp://host:8786"``) to
         compute on; the local threaded scheduler when None.
-      metrics, variables, over_init_time: as for `score_archive`.
+      metrics, variables, over_init_time, regions: as for `score_archive`.
       progress: show a progress bar.
-      storage_options: for the fsspec filesystems of URL sources (both archives).
+      storage_options: for the fsspec filesystems of URL sources (all archives).
+      climatology_paths: archives whose climatology ``acc`` needs (`open_archives`: e.g. the
+        training runs, joined along time).
 
     Returns:
       The computed scores (as written).
@@ -163,8 +233,17 @@ def score_to_file(
         raise FileExistsError(f"out_path: {out} exists; scores never overwrite a file")
     forecast = _open_forecast(forecast_path, storage_options)
     truth = open_archive(truth_path, storage_options=storage_options)
+    climatology = None
+    if climatology_paths:
+        climatology = open_archives(list(climatology_paths), storage_options=storage_options)
     lazy = score_archive(
-        forecast, truth, metrics, variables=variables, over_init_time=over_init_time
+        forecast,
+        truth,
+        metrics,
+        variables=variables,
+        over_init_time=over_init_time,
+        regions=regions,
+        climatology=climatology,
     )
     scores = _compute(lazy, client_address, progress)
     if out.suffix == ".nc":
@@ -221,4 +300,4 @@ def _compute(lazy: xr.Dataset, client_address: str | None, progress: bool) -> xr
         return persisted.compute()
 
 
-__all__ = ["FORECAST_CHUNKS", "METRICS", "score_archive", "score_to_file"]
+__all__ = ["FORECAST_CHUNKS", "METRICS", "NEEDS_CLIMATOLOGY", "score_archive", "score_to_file"]

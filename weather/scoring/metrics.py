@@ -9,6 +9,12 @@ truth must match exactly (no silent subsetting). Each score is computed per poin
 remains (e.g. ``lead_time``, ``level``) labels the result. A `Dataset` is scored variable by
 variable and gives a `Dataset`.
 
+Regions (`weather.scoring.regions`): every averaged score but the energy score takes ``region``,
+one `Region` (its average, no new dim) or several (a leading ``region`` dim labelled by their
+names); the average then runs over the region's points with the whole grid's cell-area weights
+on its rows, as WeatherBench2's ``_spatial_average`` does. A region covering the grid gives
+exactly the global average. Per-point scores are computed once whatever the number of regions.
+
 NaN policy: a point where the truth or any member is NaN scores NaN (see the kernels). Averages
 then propagate it (``skipna=False``, the default) or leave such points out and renormalise the
 weights over the valid ones (``skipna=True``); an average with no valid point is NaN.
@@ -30,6 +36,7 @@ from weather.data.errors import ArchiveError
 from weather.data.grid import cell_area_weights
 from weather.data.times import format_times
 from weather.scoring import kernels
+from weather.scoring.regions import Region
 
 MEMBER = "member"
 INIT_TIME = "init_time"
@@ -40,6 +47,9 @@ LONGITUDE = "longitude"
 Data = TypeVar("Data", xr.Dataset, xr.DataArray)
 Threshold = float | xr.DataArray
 Truth = xr.Dataset | xr.DataArray
+# One region (the average over it, no new dim), several (a ``region`` dim labelled by their
+# names, in the order given), or None (the whole grid).
+Regions = Region | Sequence[Region] | None
 
 
 def area_weights(latitude: xr.DataArray) -> xr.DataArray:
@@ -52,7 +62,11 @@ def area_weights(latitude: xr.DataArray) -> xr.DataArray:
 
 
 def area_weighted_mean(
-    field: Data, dims: Sequence[str] = (LATITUDE, LONGITUDE), *, skipna: bool = False
+    field: Data,
+    dims: Sequence[str] = (LATITUDE, LONGITUDE),
+    *,
+    skipna: bool = False,
+    region: Regions = None,
 ) -> Data:
     """Mean over ``dims``, weighting ``latitude`` (when among them) by cell area.
 
@@ -61,17 +75,79 @@ def area_weighted_mean(
       dims: the dims to average over; other dims than latitude get equal weights.
       skipna: leave NaN points out and renormalise the weights over the valid points (an average
         with no valid point is NaN); by default any NaN makes the average NaN.
+      region: average over the points of a `Region` only (``dims`` must hold latitude and
+        longitude), with the cell-area weights of the whole grid restricted to the region's
+        rows; several regions give a ``region`` dim (first), labelled by their names; None:
+        the whole grid. Points outside the region never count, NaN or not.
+
+    Raises:
+      ValueError: a dim absent from the data, a region without latitude and longitude among
+        ``dims``, or a region that holds no point of the grid (naming it).
     """
     absent = [d for d in dims if d not in field.dims]
     if absent:
         raise ValueError(f"cannot average over {absent}: not dims of the data {tuple(field.dims)}")
+    if region is not None and not isinstance(region, Region):
+        return _by_region(
+            lambda r: area_weighted_mean(field, dims, skipna=skipna, region=r), region
+        )
     weights = area_weights(field[LATITUDE]) if LATITUDE in dims else xr.DataArray(1.0)
+    if region is not None:
+        field, weights = _restrict(field, weights, dims, region)
     if not skipna:
         # cell_area_weights has mean 1 over the rows, so a plain mean of w * x is the weighted mean.
         return (field * weights).mean(dims, skipna=False)
     total = (field.fillna(0.0) * weights).sum(dims)
     norm = (field.notnull() * weights).sum(dims)
     return total / norm.where(norm > 0)
+
+
+def select_region(field: Data, region: Region) -> Data:
+    """The points of ``field`` (dims ``latitude`` and ``longitude``) inside ``region``.
+
+    Raises:
+      ValueError: the region holds no grid point (naming it).
+    """
+    rows, columns = region.indices(field[LATITUDE].values, field[LONGITUDE].values)
+    return field.isel({LATITUDE: rows, LONGITUDE: columns})
+
+
+def _restrict(
+    field: Data, weights: xr.DataArray, dims: Sequence[str], region: Region
+) -> tuple[Data, xr.DataArray]:
+    """``field`` and its latitude ``weights`` [lat] restricted to ``region``'s points, the weights
+    rescaled to mean 1 over the region's rows (unchanged when the region covers the grid, so a
+    global average is bit for bit the one without a region)."""
+    if LATITUDE not in dims or LONGITUDE not in dims:
+        raise ValueError(
+            f"region {region.name!r}: averages over a region need {LATITUDE!r} and "
+            f"{LONGITUDE!r} among the dims, got {tuple(dims)}"
+        )
+    if region.covers(field[LATITUDE].values, field[LONGITUDE].values):
+        return field, weights
+    rows, columns = region.indices(field[LATITUDE].values, field[LONGITUDE].values)
+    # The whole grid's cell areas on the region's rows; mean 1 there, as the plain mean below
+    # divides by the number of points.
+    weights = weights.isel({LATITUDE: rows})
+    weights = weights / float(weights.mean())
+    return field.isel({LATITUDE: rows, LONGITUDE: columns}), weights
+
+
+def _by_region(average: Callable[[Region], Data], regions: Sequence[Region]) -> Data:
+    """``average(region)`` of each region along a new leading ``region`` dim."""
+    regions = list(regions)
+    if not regions:
+        raise ValueError("regions: need at least one region")
+    names = [r.name for r in regions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"regions: names must be distinct, got {names}")
+    parts = [average(r) for r in regions]
+    options: dict[str, Any] = {"coords": "minimal", "compat": "override", "join": "exact"}
+    if isinstance(parts[0], xr.Dataset):
+        options["data_vars"] = "all"
+    joined = xr.concat(parts, dim="region", **options)
+    # Variable-length strings (Zarr 3 has no stable fixed-length unicode type).
+    return joined.assign_coords(region=np.array(names, dtype=object)).transpose("region", ...)
 
 
 def align_truth(
@@ -124,13 +200,14 @@ def crps(
     member_dim: str = MEMBER,
     over_init_time: bool = True,
     skipna: bool = False,
+    region: Regions = None,
 ) -> Data:
     """Area-weighted mean CRPS: fair (unbiased in the ensemble size; NaN for one member) or
     standard (the ensemble as an empirical distribution). Units of the variable."""
     kernel = kernels.crps_fair if fair else kernels.crps_standard
     return _map_variables(
         lambda f, t: _spatial_mean(
-            _pointwise(kernel, f, t, member_dim), over_init_time, skipna=skipna
+            _pointwise(kernel, f, t, member_dim), over_init_time, skipna=skipna, region=region
         ),
         forecast,
         truth,
@@ -145,12 +222,13 @@ def ensemble_mean_rmse(
     member_dim: str = MEMBER,
     over_init_time: bool = True,
     skipna: bool = False,
+    region: Regions = None,
 ) -> Data:
     """Root of the area- (and init-time-) averaged squared error of the ensemble mean."""
 
     def score(f: xr.DataArray, t: xr.DataArray) -> xr.DataArray:
         squared_error, _ = _spread_skill_pieces(f, t, member_dim)
-        return _spatial_mean(squared_error, over_init_time, skipna=skipna) ** 0.5
+        return _spatial_mean(squared_error, over_init_time, skipna=skipna, region=region) ** 0.5
 
     return _map_variables(score, forecast, truth, member_dim)
 
@@ -162,6 +240,7 @@ def spread_skill_ratio(
     member_dim: str = MEMBER,
     over_init_time: bool = True,
     skipna: bool = False,
+    region: Regions = None,
 ) -> Data:
     """sqrt((M + 1) / M) * sqrt(mean ensemble variance) / RMSE of the ensemble mean.
 
@@ -171,8 +250,8 @@ def spread_skill_ratio(
 
     def score(f: xr.DataArray, t: xr.DataArray) -> xr.DataArray:
         squared_error, variance = _spread_skill_pieces(f, t, member_dim)
-        mse = _spatial_mean(squared_error, over_init_time, skipna=skipna)
-        mean_variance = _spatial_mean(variance, over_init_time, skipna=skipna)
+        mse = _spatial_mean(squared_error, over_init_time, skipna=skipna, region=region)
+        mean_variance = _spatial_mean(variance, over_init_time, skipna=skipna, region=region)
         m = f.sizes[member_dim]
         return xr.apply_ufunc(
             lambda v, e: np.asarray(kernels.spread_skill_ratio(v, e, m), dtype=np.float64),
@@ -185,6 +264,92 @@ def spread_skill_ratio(
     return _map_variables(score, forecast, truth, member_dim)
 
 
+def anomaly_correlation(
+    forecast: Data,
+    truth: Truth,
+    climatology: Truth,
+    *,
+    member_dim: str = MEMBER,
+    over_init_time: bool = True,
+    skipna: bool = False,
+    region: Regions = None,
+) -> Data:
+    """Anomaly correlation coefficient (ACC) of the ensemble mean, as WeatherBench2 defines it.
+
+    With anomalies against the climatology ``c`` at the valid time, ``f' = mean_i X_i - c`` (the
+    ensemble mean's) and ``o' = y - c`` (the truth's), for each init time, lead (and level):
+
+        ACC = <f' o'> / sqrt(<f'^2> <o'^2>),
+
+    ``<.>`` the area-weighted mean over latitude and longitude (or ``region``). Uncentred, as
+    WeatherBench2's ``ACC``: the anomalies' own area means are not removed. Then averaged over
+    init times (equal weights) when ``over_init_time``, as WeatherBench2 averages every metric
+    over times after the spatial mean. Dimensionless, in [-1, 1]; 1 for a forecast equal to the
+    truth; NaN where either anomaly is zero at every point.
+
+    Args:
+      forecast: ``[member, init_time, lead_time, (level,) latitude, longitude]``.
+      truth: the truth at the valid times, the forecast's dims without ``member``
+        (`align_truth`).
+      climatology: the climatological mean at the same valid times, laid out as ``truth``
+        (`align_truth` of `weather.scoring.climatology.climatological_mean`); for a Dataset
+        forecast, a Dataset with the same variables.
+      skipna: leave out points where either anomaly is NaN (from all three means alike).
+      region: as for `area_weighted_mean`.
+
+    Raises:
+      ValueError: coordinates of the truth and the climatology differ, or a variable is absent.
+    """
+
+    def score(f: xr.DataArray, t: xr.DataArray, c: xr.DataArray) -> xr.DataArray:
+        f, t = _aligned(f, t, member_dim)
+        try:
+            t, c = xr.align(t, c, join="exact")
+        except ValueError as error:
+            raise ValueError(
+                f"{f.name}: truth and climatology coordinates differ ({error}); select the "
+                "climatology at the valid times with align_truth first"
+            ) from None
+        dtype = _dtype(f, t)
+        mean = xr.apply_ufunc(
+            _as_numpy(lambda e: kernels.ensemble_mean(e, axis=-1), dtype),
+            f,
+            input_core_dims=[[member_dim]],
+            dask="parallelized",
+            output_dtypes=[dtype],
+        )
+        forecast_anomaly, truth_anomaly = mean - c, t - c
+        valid = forecast_anomaly.notnull() & truth_anomaly.notnull()
+        forecast_anomaly = forecast_anomaly.where(valid)
+        truth_anomaly = truth_anomaly.where(valid)
+
+        def spatial(x: xr.DataArray) -> xr.DataArray:
+            return area_weighted_mean(x, (LATITUDE, LONGITUDE), skipna=skipna, region=region)
+
+        product = spatial(forecast_anomaly**2) * spatial(truth_anomaly**2)
+        acc = spatial(forecast_anomaly * truth_anomaly) / np.sqrt(product.where(product > 0))
+        if over_init_time and INIT_TIME in acc.dims:
+            return area_weighted_mean(acc, (INIT_TIME,), skipna=skipna)
+        return acc
+
+    if isinstance(forecast, xr.DataArray):
+        if not isinstance(truth, xr.DataArray) or not isinstance(climatology, xr.DataArray):
+            raise TypeError("a DataArray forecast needs a DataArray truth and climatology")
+        return score(forecast, truth, climatology)
+    scores = {}
+    for name, field in forecast.data_vars.items():
+        picked = []
+        for role, data in (("truth", truth), ("climatology", climatology)):
+            if isinstance(data, xr.Dataset):
+                if name not in data.data_vars:
+                    raise ValueError(f"{name}: not in the {role} dataset")
+                picked.append(data[name])
+            else:
+                picked.append(data)
+        scores[name] = score(field, picked[0], picked[1])
+    return xr.Dataset(scores)
+
+
 def rank_histogram(
     forecast: Data,
     truth: Truth,
@@ -193,6 +358,7 @@ def rank_histogram(
     member_dim: str = MEMBER,
     over_init_time: bool = True,
     skipna: bool = False,
+    region: Regions = None,
 ) -> Data:
     """Counts of the truth's rank among the members (0..M), summed over latitude, longitude and
     (when ``over_init_time``) init time: dims ``(rank, lead_time, ...)``, float.
@@ -200,6 +366,8 @@ def rank_histogram(
     Counts are of points, not area weighted. Ties are broken at random (`kernels.truth_rank`)
     with draws from ``seed`` (with Dask, every chunk reuses the same draws). Points where the
     truth or any member is NaN make the counts of their (lead, level) NaN, unless ``skipna``.
+    With ``region``, only the region's points count (several regions: dims ``(rank, region,
+    lead_time, ...)``).
     """
 
     def score(f: xr.DataArray, t: xr.DataArray) -> xr.DataArray:
@@ -210,10 +378,18 @@ def rank_histogram(
         m = f.sizes[member_dim]
         bins = xr.DataArray(np.arange(m + 1), dims="rank", coords={"rank": np.arange(m + 1)})
         dims = _reduce_dims(ranks, over_init_time)
-        counts = (ranks == bins).sum(dims).astype(np.float64)
-        if not skipna:
-            counts = counts.where(~ranks.isnull().any(dims))
-        return counts.transpose("rank", ...)
+
+        def count(points: xr.DataArray) -> xr.DataArray:
+            counts = (points == bins).sum(dims).astype(np.float64)
+            if not skipna:
+                counts = counts.where(~points.isnull().any(dims))
+            return counts
+
+        if region is None:
+            return count(ranks).transpose("rank", ...)
+        if isinstance(region, Region):
+            return count(select_region(ranks, region)).transpose("rank", ...)
+        return _by_region(lambda r: count(select_region(ranks, r)), region).transpose("rank", ...)
 
     return _map_variables(score, forecast, truth, member_dim)
 
@@ -227,6 +403,7 @@ def brier(
     member_dim: str = MEMBER,
     over_init_time: bool = True,
     skipna: bool = False,
+    region: Regions = None,
 ) -> Data:
     """Area-weighted mean Brier score of the event x > ``threshold`` (fair or standard).
 
@@ -245,7 +422,7 @@ def brier(
             member_dim,
             xr.DataArray(value) if not isinstance(value, xr.DataArray) else value,
         )
-        return _spatial_mean(per_point, over_init_time, skipna=skipna)
+        return _spatial_mean(per_point, over_init_time, skipna=skipna, region=region)
 
     return _map_variables(score, forecast, truth, member_dim)
 
@@ -390,8 +567,12 @@ def _reduce_dims(field: xr.DataArray, over_init_time: bool) -> list[str]:
     return dims
 
 
-def _spatial_mean(field: xr.DataArray, over_init_time: bool, *, skipna: bool) -> xr.DataArray:
-    return area_weighted_mean(field, _reduce_dims(field, over_init_time), skipna=skipna)
+def _spatial_mean(
+    field: xr.DataArray, over_init_time: bool, *, skipna: bool, region: Regions = None
+) -> xr.DataArray:
+    return area_weighted_mean(
+        field, _reduce_dims(field, over_init_time), skipna=skipna, region=region
+    )
 
 
 def _map_variables(
@@ -419,6 +600,7 @@ def _map_variables(
 
 __all__ = [
     "align_truth",
+    "anomaly_correlation",
     "area_weighted_mean",
     "area_weights",
     "brier",
@@ -426,5 +608,6 @@ __all__ = [
     "energy_score",
     "ensemble_mean_rmse",
     "rank_histogram",
+    "select_region",
     "spread_skill_ratio",
 ]
