@@ -36,10 +36,10 @@ Probabilistic weather forecasts from a diffusion model (GenCast-style), as a ser
 `POST /forecast` queues an ensemble forecast and answers 202 with its job id. Workers sample the
 members of several jobs together in batched calls, write each lead as it is produced, and score
 the ensemble against the verifying analysis when it ends. Poll `GET /forecast/{id}`, read the
-leads done so far (or all) from `GET /forecast/{id}/result` as zipped Zarr, NetCDF or JSON
-summaries, and the scores from `GET /forecast/{id}/scores`. `GET /forecast/{id}/points` gives the
-members, mean, spread and quantiles at any places (JSON or CSV), `map.png` and `meteogram.png`
-draw them.
+leads done so far (or all) from `GET /forecast/{id}/result` as zipped Zarr, NetCDF (both CF),
+GRIB2 or JSON summaries, and the scores from `GET /forecast/{id}/scores`.
+`GET /forecast/{id}/points` gives the members, mean, spread and quantiles at any places (JSON or
+CSV), `map.png` and `meteogram.png` draw them; the page at `/` shows all of it in a browser.
 
 Units: times are ISO 8601 UTC; leads in hours (or ISO 8601 durations on input); pressure levels
 in hPa; latitude and longitude in degrees; fields in SI units (K, m s-1, Pa, m2 s-2).

@@ -1,5 +1,6 @@
-"""Every figure the library draws: an evaluation's scores by lead, scorecard, ranks and maps,
-the demo's forecast maps and an archive's overview.
+"""The evaluation's figures: scores by lead, scorecard, ranks and maps, the demo's forecast maps
+and an archive's overview. (One forecast's map and meteogram for the service are
+`weather.evaluation.maps`, which shares this module's display units.)
 
 Each function draws one PNG (matplotlib, Agg: no display needed) and returns its path. Scores
 come from ``scores.nc`` (dims ``model, metric, lead_time[, level]``); forecasts from
