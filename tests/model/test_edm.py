@@ -84,6 +84,37 @@ def test_denoise_broadcasts_one_sigma_per_example():
     assert batched.dtype == jnp.float32
 
 
+def test_denoise_feeds_the_network_c_in_x_and_c_noise():
+    # A network that returns its own inputs: F(s, c) = s + c, so D = c_skip x + c_out (c_in x +
+    # c_noise) exactly. Pins what reaches the network (a wrong scaling of x, or sigma passed
+    # instead of c_noise, changes D by O(1) at these sigmas).
+    x = np.random.default_rng(6).normal(size=(5, 7))
+    sigma_data = 0.8
+    with jax.enable_x64(True):
+        sigma = jnp.asarray([0.01, 0.3, 1.0, 4.0, 80.0])
+        c_skip, c_out, c_in, c_noise = (
+            np.asarray(c)[:, None] for c in edm.preconditioning(sigma, sigma_data)
+        )
+        seen = []
+
+        def raw_fn(scaled_x, c):
+            seen.append(c.shape)
+            return scaled_x + c[:, None]
+
+        denoised = np.asarray(edm.denoise(raw_fn, jnp.asarray(x), sigma, sigma_data))
+    np.testing.assert_allclose(denoised, c_skip * x + c_out * (c_in * x + c_noise), rtol=1e-14)
+    assert seen == [(5,)]  # c_noise keeps sigma's [batch] shape
+
+
+def test_config_defaults_are_gencast_and_edm_values():
+    # GenCast trains with the rho distribution on [0.02, 88], rho 7 (Price et al. 2024, its
+    # supplement); EDM's log-normal is N(-1.2, 1.2^2) (Karras et al. 2022, Table 1).
+    config = edm.EDMConfig()
+    assert (config.sigma_data, config.training_noise) == (1.0, "rho")
+    assert (config.sigma_min, config.sigma_max, config.rho) == (0.02, 88.0, 7.0)
+    assert (config.p_mean, config.p_std) == (-1.2, 1.2)
+
+
 def _training_cdf(config: edm.EDMConfig):
     if config.training_noise == "lognormal":
         return stats.norm(loc=config.p_mean, scale=config.p_std).cdf, np.log
