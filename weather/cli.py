@@ -133,6 +133,53 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_regrid(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "regrid",
+        help="regrid an archive conservatively onto an equiangular grid (as WeatherBench2 does)",
+        description="Regrid every catalogue variable of an archive onto an equiangular grid, "
+        "area-conservatively (global means and constants are kept; missing values, NaN, are "
+        "skipped), block by block, and write it to DST (under a temporary name, renamed into "
+        "place when complete).",
+    )
+    p.add_argument(
+        "source", metavar="SRC", type=as_source, help="Zarr store or NetCDF file: path or URL"
+    )
+    p.add_argument(
+        "destination",
+        metavar="DST",
+        type=Path,
+        help="archive to write: NetCDF if it ends in .nc, else a Zarr store",
+    )
+    p.add_argument(
+        "--grid",
+        required=True,
+        metavar="NLONxNLAT",
+        help="target grid, longitudes x latitudes: 64x32 (5.625 deg), 240x121 (1.5 deg), "
+        "1440x721 (0.25 deg) or any other; an even NLAT has no pole rows, an odd one has rows "
+        "on both poles",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    _storage_option(p)
+
+
+def _regrid(args: argparse.Namespace) -> int:
+    from weather.data.location import storage_options
+    from weather.data.regrid import parse_grid, regrid_archive
+
+    latitude, longitude = parse_grid(args.grid)
+    summary = regrid_archive(
+        args.source,
+        args.destination,
+        latitude,
+        longitude,
+        overwrite=args.overwrite,
+        storage_options=storage_options(args.storage_options),
+    )
+    print(summary)
+    return 0
+
+
 def _storage_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage-options",
@@ -737,6 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(data_sub)
     _add_check(data_sub)
     _add_stats(data_sub)
+    _add_regrid(data_sub)
     _add_train(commands)
     _add_forecast(commands)
     _add_score(commands)
@@ -756,6 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("data", "simulate"): _simulate,
         ("data", "check"): _check,
         ("data", "stats"): _stats,
+        ("data", "regrid"): _regrid,
         ("demo", ""): _demo,
         ("train", ""): _train,
         ("forecast", ""): _forecast,
