@@ -113,6 +113,16 @@ def test_config_defaults_are_gencast_and_edm_values():
     assert (config.sigma_data, config.training_noise) == (1.0, "rho")
     assert (config.sigma_min, config.sigma_max, config.rho) == (0.02, 88.0, 7.0)
     assert (config.p_mean, config.p_std) == (-1.2, 1.2)
+    # The functions' sigma_data defaults to the config's (GenCast's normalised residuals: 1).
+    for default, explicit in [
+        (edm.preconditioning(0.3), edm.preconditioning(0.3, 1.0)),
+        ((edm.loss_weight(0.3),), (edm.loss_weight(0.3, 1.0),)),
+        (
+            (edm.denoise(lambda x, c: jnp.sin(x) + c, jnp.ones(2), 0.3),),
+            (edm.denoise(lambda x, c: jnp.sin(x) + c, jnp.ones(2), 0.3, 1.0),),
+        ),
+    ]:
+        np.testing.assert_array_equal(np.asarray(default), np.asarray(explicit))
 
 
 def _training_cdf(config: edm.EDMConfig):
@@ -206,6 +216,7 @@ def test_loss_trains_a_network_under_jit_with_spherical_noise():
         {"sigma_data": 0.0},
         {"training_noise": "uniform"},
         {"sigma_min": 90.0},
+        {"sigma_min": 5.0, "sigma_max": 5.0},  # an empty range, not one level
         {"rho": -1.0},
         {"p_std": 0.0},
         {"p_mean": float("nan")},

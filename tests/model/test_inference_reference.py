@@ -180,3 +180,76 @@ def test_batch_roller_advance_with_forecasts_joining_and_leaving(model):
     assert_close_per_channel(got_b, want_b, 16 * 4, "forecast B")
     # Each member really is its own: A's members differ from each other and from B's.
     assert np.abs(got_a[:, 0] - got_a[:, 1]).max() > 0
+
+
+def test_the_training_target_is_the_residual_in_diff_std_units(model):
+    """`residual_target` is ``(x(t+12h) - x(t)) / diff_std`` per channel, the exact inverse of
+    what `sample_step` does with a denoised residual (``current + r * diff_std``)."""
+    fc, _, prev, cur, _ = model
+    r = np.asarray(fc.residual_target(jnp.asarray(prev), jnp.asarray(cur)))
+    d = fc.normalization.diff_std
+    # One subtraction and one division in float32: at most 2 roundings (ulps of the result).
+    assert_close_per_channel(r, (cur - prev) / d, 2, "residual_target")
+    # cur - prev spans every sign, so a remainder or a product in place of the quotient shows.
+    assert (r < 0).any() and (r > 0).any()
+    assert_close_per_channel(prev + r * d, cur, 4, "residual round trip")
+
+
+def test_input_noise_is_centred_on_the_inputs_with_the_asked_std(model):
+    """`perturb_inputs(scale)` adds noise of ``scale`` x each channel's std to both states,
+    independently: over 64 copies of one pair, the mean is within 5 standard errors
+    (``scale std / 8``) of the inputs at every point of every channel, the spread is
+    ``scale std`` (to 20 %: 64 copies of spatially correlated noise, as the initial
+    perturbations' test) and the two states' noises differ."""
+    fc, _, prev, cur, _ = model
+    scale = 0.1
+    copies = 64
+    out_prev, out_cur = (
+        np.asarray(x)
+        for x in fc.perturb_inputs(
+            jax.random.key(3),
+            jnp.broadcast_to(jnp.asarray(prev), (copies, *prev.shape)),
+            jnp.broadcast_to(jnp.asarray(cur), (copies, *cur.shape)),
+            scale,
+        )
+    )
+    std = fc.normalization.std
+    for name, out, clean in (("previous", out_prev, prev), ("current", out_cur, cur)):
+        noise = (out - clean) / (scale * std)
+        np.testing.assert_allclose(noise.std(axis=0).mean(axis=(0, 1)), 1.0, rtol=0.2)
+        error = np.abs(noise.mean(axis=0)).max(axis=(0, 1))
+        assert (error < 5 / np.sqrt(copies)).all(), (name, error)
+    assert not np.allclose(out_prev - prev, out_cur - cur)
+
+
+def test_conditioning_is_the_normalised_inputs_forcings_and_static(model):
+    """The conditioning channels, by hand: both states as ``(x - mean) / std`` per channel, then
+    the forcings as given, then the static fields as ``(s - static_mean) / static_std``."""
+    fc, _, prev, cur, static = model
+    n = fc.normalization
+    forcings = _forcings(np.array([INIT]), fc)
+    static_n = np.asarray(fc.normalize_static(jnp.asarray(static)))
+    # One subtraction and one division in float32 (2 roundings); the result is O(1) anomalies,
+    # so the tolerance is taken against each channel's largest value.
+    assert_close_per_channel(
+        static_n, (static - n.static_mean) / n.static_std, 2, "normalize_static"
+    )
+    cond = np.asarray(fc.conditioning(prev[None], cur[None], forcings, static_n))[0]
+    c = fc.task.n_state
+    assert cond.shape[-1] == fc.task.n_conditioning
+    assert_close_per_channel(cond[..., :c], (prev - n.mean) / n.std, 2, "previous")
+    assert_close_per_channel(cond[..., c : 2 * c], (cur - n.mean) / n.std, 2, "current")
+    np.testing.assert_array_equal(cond[..., 2 * c : -static.shape[-1]], forcings[0])
+    np.testing.assert_array_equal(cond[..., -static.shape[-1] :], static_n)
+
+
+def test_param_shapes_are_the_initialised_parameters_shapes(model):
+    """Checkpoints load into `param_shapes` (traced, never compiled): it must be exactly the
+    tree `init_params` makes."""
+    fc, params, *_ = model
+    shapes = fc.param_shapes()
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params)
+    for want, got in zip(
+        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(shapes), strict=True
+    ):
+        assert (got.shape, got.dtype) == (want.shape, want.dtype)
