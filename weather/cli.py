@@ -180,6 +180,23 @@ def _regrid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _integers(text: str | None, option: str) -> tuple[int, ...] | None:
+    """``"500,850"`` -> ``(500, 850)``; None stays None.
+
+    Raises:
+      ValueError: naming ``option`` and the item that is not an integer.
+    """
+    if not text:
+        return None
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ValueError(f"{option}: {item!r} is not an integer (in {text!r})") from None
+    return tuple(out)
+
+
 def _storage_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage-options",
@@ -298,6 +315,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--unet-channels", help="U-Net widths per level, finest first (default 64,128,256)"
     )
+    p.add_argument(
+        "--variables",
+        help="comma-separated fields to model, WeatherBench2 names, level and surface alike "
+        "(static ones become static inputs; default: every catalogue variable the archive holds)",
+    )
     p.add_argument("--levels", help="comma-separated model levels (default: all archive levels)")
     p.add_argument("--noise", choices=["spherical", "iid"], default="spherical")
     p.add_argument(
@@ -384,8 +406,9 @@ def _train(args: argparse.Namespace) -> int:
         layers=args.layers,
         heads=args.heads,
         patch=args.patch,
-        unet_channels=tuple(int(c) for c in channels.split(",")) if channels else None,
-        levels=tuple(int(x) for x in args.levels.split(",")) if args.levels else None,
+        unet_channels=_integers(channels, "--unet-channels"),
+        variables=tuple(n.strip() for n in args.variables.split(",")) if args.variables else None,
+        levels=_integers(args.levels, "--levels"),
         noise=args.noise,
         training_noise=args.training_noise,
         compute_dtype=args.compute_dtype,

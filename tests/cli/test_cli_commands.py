@@ -335,3 +335,32 @@ def test_demo_forecasts_from_the_shipped_checkpoint_and_scores_it(tmp_path, caps
         }
         assert f"{target:<28}{'1d':>6}{row['model']:>12.3f}" in printed
     assert (out / "forecast.png").stat().st_size > 1000
+
+
+def test_train_models_the_variables_asked_for_and_refuses_what_the_archive_lacks(
+    store, tmp_path, capsys
+):
+    from weather.model.task import TaskConfig
+
+    run = tmp_path / "run"
+    args = train_args(store, run, "--variables", "surface_pressure, temperature")
+    args[args.index("--steps") + 1] = "1"
+    assert main(args) == 0
+    task = load_checkpoint(run / "checkpoint.msgpack")["configs"]["model"]["task"]
+    want = TaskConfig(
+        level_variables=("temperature",),
+        surface_variables=("surface_pressure",),
+        static_variables=(),
+        levels=(850,),
+    )
+    assert TaskConfig.from_dict(task) == want
+    capsys.readouterr()
+    missing = train_args(store, tmp_path / "other", "--variables", "temperature,2m_temperature")
+    assert main(missing) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # One line naming the option, what is missing and what the archive holds; nothing written.
+    assert len(err) == 1 and "lacks ['2m_temperature'] (asked by --variables)" in err[0]
+    assert "it holds ['geopotential', 'temperature'" in err[0]
+    assert not (tmp_path / "other").exists()
+    assert main(train_args(store, tmp_path / "other", "--levels", "850,x")) == 2
+    assert "--levels: 'x' is not an integer" in capsys.readouterr().err

@@ -104,7 +104,7 @@ def test_init_time_outside_the_archive_names_the_range(loaded, archive):
         forecast(
             loaded, archive.drop_vars("temperature"), init_time="2001-01-02", lead=12, members=1
         )
-    with pytest.raises(ArchiveError, match=r"level' lacks \[850\]"):
+    with pytest.raises(ArchiveError, match=r"lacks the model.s levels \[850\] hPa"):
         forecast(loaded, archive.sel(level=[500]), init_time="2001-01-02", lead=12, members=1)
     with pytest.raises(ValueError, match="members"):
         forecast(loaded, archive, init_time="2001-01-02", lead=12, members=0)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from weather.data import forcings as forcings_lib
 from weather.data.errors import ArchiveError
@@ -11,6 +12,8 @@ from weather.model.task import (
     TaskConfig,
     channel_weights,
     channels_to_state,
+    check_archive,
+    choose_task,
     forcing_channels,
     loss_weights,
     state_to_channels,
@@ -89,3 +92,106 @@ def test_config_round_trip_and_validation():
     assert TaskConfig.from_dict(TASK.to_dict()) == TASK
     with pytest.raises(ValueError, match="ascending"):
         TaskConfig(levels=(850, 500))
+
+
+def _archive(names: list[str], levels: list[int] = [500, 850]) -> xr.Dataset:  # noqa: B006
+    """An empty-valued canonical archive holding ``names`` (level ones on ``levels``)."""
+    from weather.data.variables import CATALOGUE
+
+    data = {}
+    for name in names:
+        dims = ("time", "level", "latitude", "longitude")
+        if not CATALOGUE[name].has_levels:
+            dims = (
+                ("latitude", "longitude")
+                if CATALOGUE[name].role == "static"
+                else dims[:1] + dims[2:]
+            )
+        shape = {"time": 2, "level": len(levels), "latitude": 3, "longitude": 4}
+        data[name] = (dims, np.zeros([shape[d] for d in dims], np.float32))
+    return xr.Dataset(data, coords={"level": levels})
+
+
+def test_the_default_task_is_what_the_archive_holds_in_catalogue_order(archive):
+    # The simulated archive gives exactly the default task, channel layout included.
+    assert choose_task(archive) == TaskConfig(levels=tuple(int(x) for x in archive["level"].values))
+    # Whatever the archive's order, the catalogue's: GenCast-like fields with a mask and no winds.
+    ds = _archive(["2m_temperature", "land_sea_mask", "specific_humidity", "geopotential"])
+    task = choose_task(ds)
+    assert task.level_variables == ("geopotential", "specific_humidity")
+    assert task.surface_variables == ("2m_temperature",)
+    assert task.static_variables == ("land_sea_mask",)
+    assert task.levels == (500, 850)
+
+
+def test_variables_and_levels_choose_a_subset():
+    ds = _archive(["geopotential", "temperature", "surface_pressure", "geopotential_at_surface"])
+    task = choose_task(ds, variables=["surface_pressure", "temperature"], levels=[850])
+    assert (task.level_variables, task.surface_variables) == (
+        ("temperature",),
+        ("surface_pressure",),
+    )
+    assert task.static_variables == () and task.levels == (850,)
+    # The catalogue's order, not the option's: a task's channel layout depends on its set only.
+    task = choose_task(ds, variables=["temperature", "geopotential"])
+    assert task.level_variables == ("geopotential", "temperature")
+    # A surface-only task needs no levels, and asks for none.
+    task = choose_task(ds, variables=["surface_pressure", "geopotential_at_surface"])
+    assert (task.level_variables, task.levels) == ((), ())
+    assert task.static_variables == ("geopotential_at_surface",)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"variables": ["geopotential", "2m_temperature"]},
+            ArchiveError,
+            r"era5\.nc lacks \['2m_temperature'\] \(asked by --variables\); it holds "
+            r"\['geopotential', 'temperature'\]",
+        ),
+        (
+            {"levels": [500, 700]},
+            ArchiveError,
+            r"era5\.nc lacks levels \[700\] hPa \(asked by --levels\); it holds \[500, 850\]",
+        ),
+        ({"variables": ["z500"]}, ValueError, r"--variables: \['z500'\] not in the catalogue"),
+        ({"variables": ["day_progress_sin"]}, ValueError, r"are forcings, computed"),
+        ({"variables": ["temperature", "temperature"]}, ValueError, r"--variables: a name repeats"),
+        ({"levels": [500, 500]}, ValueError, r"--levels: a level repeats"),
+    ],
+)
+def test_choices_the_archive_cannot_serve_are_refused_naming_both_sides(kwargs, error, match):
+    ds = _archive(["geopotential", "temperature"])
+    with pytest.raises(error, match=match):
+        choose_task(ds, source="era5.nc", **kwargs)
+
+
+def test_nothing_to_predict_is_refused():
+    with pytest.raises(ArchiveError, match="nothing to predict"):
+        choose_task(_archive(["land_sea_mask"]), source="mask.nc")
+
+
+def test_check_archive_names_every_missing_variable_and_level():
+    task = TaskConfig(levels=(500, 850, 1000))
+    ds = _archive(["geopotential", "temperature", "surface_pressure"], levels=[500, 850])
+    with pytest.raises(ArchiveError) as info:
+        check_archive(task, ds, "era5.zarr")
+    message = str(info.value)
+    assert message.startswith(
+        "era5.zarr lacks the model's variables ['u_component_of_wind', "
+        "'v_component_of_wind', 'geopotential_at_surface']"
+    )
+    assert "levels [1000] hPa (it holds [500, 850])" in message
+    check_archive(
+        TaskConfig(levels=(500, 850), static_variables=()),
+        _archive(
+            [
+                "geopotential",
+                "temperature",
+                "u_component_of_wind",
+                "v_component_of_wind",
+                "surface_pressure",
+            ]
+        ),
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import xarray as xr
 from support import tiny_model_config
 
 from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
@@ -26,11 +27,31 @@ from weather.model.training_run import (
 )
 
 PERIOD = ("2001-01-01", "2001-01-09")
+
+
+def _holding(levels: list[int], names: tuple[str, ...] | None = None) -> xr.Dataset:
+    """A canonical archive's variables and levels (no times: the model is chosen from these)."""
+    from weather.data.variables import (
+        CATALOGUE,
+        SIMULATED_LEVEL_VARIABLES,
+        SIMULATED_STATIC_VARIABLES,
+        SIMULATED_SURFACE_VARIABLES,
+    )
+
+    if names is None:
+        names = SIMULATED_LEVEL_VARIABLES + SIMULATED_SURFACE_VARIABLES + SIMULATED_STATIC_VARIABLES
+    data = {}
+    for name in names:
+        dims = ("level",) if CATALOGUE[name].has_levels else ()
+        data[name] = (dims, np.zeros(len(levels) if dims else ()))
+    return xr.Dataset(data, coords={"level": levels})
+
+
 ONE_STEP = TrainConfig(steps=1, batch_size=2, warmup_steps=0, validate_every=1, prefetch=0)
 
 
 def test_the_default_architecture_is_the_documented_transformer_on_every_archive_level():
-    model = Architecture().model_config([500, 850])
+    model = Architecture().model_config(_holding([500, 850]))
     assert model.task.levels == (500, 850)
     assert model.noise == "spherical"
     assert model.edm.training_noise == "rho"
@@ -53,15 +74,35 @@ def test_named_options_reach_the_model():
         noise="iid",
         training_noise="lognormal",
         compute_dtype="bfloat16",
-    ).model_config([500, 850])
+    ).model_config(_holding([500, 850]))
     assert model.task.levels == (850,)
     assert (model.noise, model.edm.training_noise) == ("iid", "lognormal")
     assert isinstance(model.backbone, SphereUNetConfig)
     assert (model.backbone.channels, model.backbone.compute_dtype) == ((8, 16), "bfloat16")
-    assert isinstance(Architecture(arch="unet").model_config([850]).backbone, SphereUNetConfig)
-    assert Architecture(arch="unet").model_config([850]).backbone.channels == (64, 128, 256)
+    assert isinstance(
+        Architecture(arch="unet").model_config(_holding([850])).backbone, SphereUNetConfig
+    )
+    assert Architecture(arch="unet").model_config(_holding([850])).backbone.channels == (
+        64,
+        128,
+        256,
+    )
     with pytest.raises(ValueError, match="--arch: 'gnn' is not one of transformer, unet"):
-        Architecture(arch="gnn").model_config([850])
+        Architecture(arch="gnn").model_config(_holding([850]))
+
+
+def test_variables_choose_the_task_and_the_archive_must_hold_them():
+    holding = _holding([500, 850], ("temperature", "surface_pressure", "land_sea_mask"))
+    task = Architecture(variables=("surface_pressure", "temperature")).model_config(holding).task
+    assert (task.level_variables, task.surface_variables) == (
+        ("temperature",),
+        ("surface_pressure",),
+    )
+    assert task.static_variables == () and task.levels == (500, 850)
+    with pytest.raises(
+        ValueError, match=r"era5\.nc lacks \['geopotential'\] \(asked by --variables\)"
+    ):
+        Architecture(variables=("geopotential",)).model_config(holding, "era5.nc")
 
 
 def test_periods_and_hosts_are_refused_with_the_option_named():

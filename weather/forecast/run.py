@@ -35,6 +35,7 @@ from weather.model.rollout import Roller, RolloutConfig
 from weather.model.task import (
     TaskConfig,
     channels_to_state,
+    check_archive,
     state_to_channels,
     static_channels,
 )
@@ -69,28 +70,15 @@ def check_archive_fits(
     task: TaskConfig, latitude: np.ndarray, longitude: np.ndarray, archive: xr.Dataset
 ) -> None:
     """Raise `ArchiveError` naming what a model needs and a canonical archive lacks: variables
-    (all of them, with what the archive has), pressure levels, or its grid."""
-    needed = (*task.level_variables, *task.surface_variables, *task.static_variables)
-    missing = [name for name in needed if name not in archive]
-    if missing:
-        raise ArchiveError(
-            f"variables {missing} are missing from the archive; the model needs them (the "
-            f"archive has {sorted(map(str, archive.data_vars))})"
-        )
+    and pressure levels (all of them at once, with what the archive holds; see
+    `weather.model.task.check_archive`), or its grid."""
+    check_archive(task, archive)
     for coord, mine in (("latitude", latitude), ("longitude", longitude)):
         theirs = archive[coord].values
         if theirs.shape != mine.shape or not np.allclose(theirs, mine, atol=1e-6):
             raise ArchiveError(
                 f"coordinate {coord!r}: the archive's grid ({theirs.size} points) is not the "
                 f"model's ({mine.size} points)"
-            )
-    if task.level_variables:
-        have = {int(x) for x in archive["level"].values} if "level" in archive.coords else set()
-        missing_levels = sorted(set(task.levels) - have)
-        if missing_levels:
-            raise ArchiveError(
-                f"coordinate 'level' lacks {missing_levels} hPa, which the model needs; the "
-                f"archive has {sorted(have)}"
             )
 
 

@@ -15,7 +15,7 @@ so jit-ed code never sees names or labels.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ from weather.data import forcings as forcings_lib
 from weather.data.errors import ArchiveError
 from weather.data.grid import cell_area_weights
 from weather.data.variables import (
+    CATALOGUE,
+    FORCINGS,
     SIMULATED_LEVEL_VARIABLES,
     SIMULATED_STATIC_VARIABLES,
     SIMULATED_SURFACE_VARIABLES,
@@ -92,6 +94,110 @@ class TaskConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> TaskConfig:
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**fields)
+
+
+def choose_task(
+    archive: xr.Dataset,
+    *,
+    variables: Sequence[str] | None = None,
+    levels: Sequence[int] | None = None,
+    source: str = "the archive",
+) -> TaskConfig:
+    """The task of a new model on ``archive`` (canonical layout, see `weather.data.reader`).
+
+    Args:
+      archive: the training archive; its data variables and ``level`` coordinate (hPa) say what
+        can be modelled.
+      variables: canonical (WeatherBench2) names to model, level and surface variables alike;
+        static fields (role ``static``) named here become static inputs. None: every catalogue
+        variable the archive holds (static ones as static inputs), which for the simulated
+        archive is the default task.
+      levels: pressure levels (hPa) of the level variables; None: all the archive's levels.
+      source: how to name the archive in errors (its path).
+
+    Raises:
+      ValueError: naming ``--variables`` or ``--levels``, for names outside the catalogue, forcings
+        (computed, never read), repeats or nothing to predict.
+      ArchiveError: naming what ``source`` lacks (variables or levels) and what it holds, before
+        any data is read.
+    """
+    # Catalogue order, whatever the archive's or the option's: the channel layout of a task is
+    # then fixed by its set of variables (and the default one is `TaskConfig()`'s).
+    held = [name for name in CATALOGUE if name in archive.data_vars]
+    if variables is None:
+        chosen = held
+    else:
+        chosen = list(variables)
+        unknown = [n for n in chosen if n not in CATALOGUE]
+        if unknown:
+            forcing = [n for n in unknown if n in FORCINGS]
+            reason = f"{forcing} are forcings, computed from time and place; " if forcing else ""
+            raise ValueError(
+                f"--variables: {unknown} not in the catalogue; {reason}choose among "
+                f"{sorted(n for n in CATALOGUE)}"
+            )
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"--variables: a name repeats in {chosen}")
+        missing = [n for n in chosen if n not in held]
+        if missing:
+            raise ArchiveError(
+                f"{source} lacks {missing} (asked by --variables); it holds "
+                f"{held or 'no catalogue variable'}"
+            )
+    chosen = [n for n in CATALOGUE if n in chosen]
+    level_vars = tuple(n for n in chosen if CATALOGUE[n].has_levels)
+    static_vars = tuple(n for n in chosen if CATALOGUE[n].role == "static")
+    surface_vars = tuple(
+        n for n in chosen if not CATALOGUE[n].has_levels and CATALOGUE[n].role != "static"
+    )
+    if not level_vars and not surface_vars:
+        raise ArchiveError(
+            f"{source} has nothing to predict: "
+            + (f"--variables {chosen} are all static" if variables else f"it holds {held}")
+        )
+    archive_levels = [int(x) for x in archive["level"].values] if "level" in archive.coords else []
+    if not level_vars:
+        chosen_levels: tuple[int, ...] = ()
+    elif levels is None:
+        chosen_levels = tuple(sorted(archive_levels))
+    else:
+        chosen_levels = tuple(sorted(int(x) for x in levels))
+        if len(set(chosen_levels)) != len(chosen_levels):
+            raise ValueError(f"--levels: a level repeats in {list(levels)}")
+        missing_levels = [p for p in chosen_levels if p not in archive_levels]
+        if missing_levels:
+            raise ArchiveError(
+                f"{source} lacks levels {missing_levels} hPa (asked by --levels); it holds "
+                f"{sorted(archive_levels)}"
+            )
+    return TaskConfig(
+        level_variables=level_vars,
+        surface_variables=surface_vars,
+        static_variables=static_vars,
+        levels=chosen_levels,
+    )
+
+
+def check_archive(task: TaskConfig, archive: xr.Dataset, source: str = "the archive") -> None:
+    """Refuse an archive that does not hold the task's fields, saying everything that differs.
+
+    Raises:
+      ArchiveError: naming the variables and levels the task needs that ``source`` lacks, and
+        what it holds.
+    """
+    names = [*task.level_variables, *task.surface_variables, *task.static_variables]
+    missing = [n for n in names if n not in archive.data_vars]
+    problems = []
+    if missing:
+        held = [n for n in CATALOGUE if n in archive.data_vars]
+        problems.append(f"variables {missing} (it holds {held})")
+    if task.level_variables:
+        held_levels = [int(x) for x in archive["level"].values] if "level" in archive.coords else []
+        missing_levels = [p for p in task.levels if p not in held_levels]
+        if missing_levels:
+            problems.append(f"levels {missing_levels} hPa (it holds {sorted(held_levels)})")
+    if problems:
+        raise ArchiveError(f"{source} lacks the model's " + " and ".join(problems))
 
 
 def state_to_channels(task: TaskConfig, fields: Mapping[str, np.ndarray]) -> np.ndarray:

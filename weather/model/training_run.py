@@ -31,7 +31,7 @@ from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
 from weather.model.denoiser import ModelConfig
 from weather.model.edm import TrainingNoise
 from weather.model.layers import ComputeDtype
-from weather.model.task import Normalization, TaskConfig
+from weather.model.task import Normalization, check_archive, choose_task
 from weather.model.train import TrainConfig
 
 
@@ -47,6 +47,8 @@ class Architecture:
       d_model, layers, heads, patch: the transformer's width (256), blocks (8), heads (8) and
         patch size (2).
       unet_channels: the U-Net's widths per level, finest first (64, 128, 256).
+      variables: the fields modelled, canonical names (default: every catalogue variable of
+        the training archive; see `weather.model.task.choose_task`).
       levels: pressure levels modelled, hPa (default: every level of the training archive).
       noise: ``"spherical"`` (default) or ``"iid"`` diffusion noise.
       training_noise: ``"rho"`` or ``"lognormal"`` noise-level distribution (default GenCast's
@@ -60,13 +62,23 @@ class Architecture:
     heads: int | None = None
     patch: int | None = None
     unet_channels: tuple[int, ...] | None = None
+    variables: tuple[str, ...] | None = None
     levels: tuple[int, ...] | None = None
     noise: str = "spherical"
     training_noise: TrainingNoise | None = None
     compute_dtype: ComputeDtype = "float32"
 
     # The fields that fix the network (and so come from the source of a warm start).
-    SHAPE_FIELDS = ("arch", "d_model", "layers", "heads", "patch", "unet_channels", "levels")
+    SHAPE_FIELDS = (
+        "arch",
+        "d_model",
+        "layers",
+        "heads",
+        "patch",
+        "unet_channels",
+        "variables",
+        "levels",
+    )
 
     def given(self) -> list[str]:
         """The network-shaping fields set, as `weather train` options (``--d-model``...)."""
@@ -76,9 +88,13 @@ class Architecture:
             if getattr(self, name) is not None
         ]
 
-    def model_config(self, archive_levels: Sequence[int]) -> ModelConfig:
-        """The model of a new run on an archive holding `archive_levels` (hPa)."""
-        task = TaskConfig(levels=self.levels or tuple(int(x) for x in archive_levels))
+    def model_config(self, archive: xr.Dataset, source: str = "the archive") -> ModelConfig:
+        """The model of a new run on ``archive`` (canonical layout; named ``source`` in errors).
+
+        Raises:
+          ValueError, ArchiveError: see `weather.model.task.choose_task`.
+        """
+        task = choose_task(archive, variables=self.variables, levels=self.levels, source=source)
         backbone: SphereTransformerConfig | SphereUNetConfig
         if (self.arch or "transformer") == "transformer":
             backbone = SphereTransformerConfig(
@@ -238,6 +254,7 @@ def run_training(run: TrainingRun) -> Path:
         storage_options=run.storage_options,
     )
     train_period = _whole(run.train_period, train_ds)
+    sources = ",".join(str(p) for p in run.train_archives)
     val_ds = None
     if run.validation_archive is not None and exists(run.validation_archive):
         val_ds = open_archive(run.validation_archive, storage_options=run.storage_options)
@@ -247,15 +264,19 @@ def run_training(run: TrainingRun) -> Path:
             ModelConfig.from_dict(source["configs"]["model"])
         )
     else:
-        model_config = run.architecture.model_config([int(x) for x in train_ds["level"].values])
+        model_config = run.architecture.model_config(train_ds, source=sources)
     task = model_config.task
+    # Every archive must hold the model's fields: one message naming all that is missing,
+    # before anything is loaded.
+    check_archive(task, train_ds, sources)
+    if val_ds is not None:
+        check_archive(task, val_ds, str(run.validation_archive))
     names = [*task.level_variables, *task.surface_variables, *task.static_variables]
     if not run.stream:
         subset = train_ds[names].sel(level=list(task.levels))
         if run.progress:
             print(f"loading the training fields ({subset.nbytes / 1e9:.1f} GB) into memory")
         train_ds = load_in_place(subset)
-    sources = ",".join(str(p) for p in run.train_archives)
     stats_path = run.statistics or run.run_dir / "statistics.nc"
     if stats_path.exists():
         stats = stats_module.load_statistics(stats_path)
