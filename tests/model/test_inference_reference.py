@@ -180,6 +180,9 @@ def test_batch_roller_advance_with_forecasts_joining_and_leaving(model):
     assert_close_per_channel(got_b, want_b, 16 * 4, "forecast B")
     # Each member really is its own: A's members differ from each other and from B's.
     assert np.abs(got_a[:, 0] - got_a[:, 1]).max() > 0
+    # 2, 5 and 3 members padded to the fixed sizes 4, 8 and 4: the chunk compiled once per
+    # size, never per request.
+    assert roller.compilations == 2
 
 
 def test_the_training_target_is_the_residual_in_diff_std_units(model):

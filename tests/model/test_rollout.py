@@ -105,6 +105,10 @@ def test_batch_roller_pads_to_fixed_sizes(model):
         roller.padded_size(9)
     with pytest.raises(ValueError, match="ascending"):
         BatchRoller(fc, batch_sizes=(8, 4))
+    # One member per call is a valid (if slow) size; none is not.
+    assert BatchRoller(fc, batch_sizes=(1, 2)).padded_size(1) == 1
+    with pytest.raises(ValueError, match="positive"):
+        BatchRoller(fc, batch_sizes=(0, 2))
 
 
 def test_conserving_surface_pressure_keeps_its_global_mean_step_after_step(model):
@@ -139,3 +143,21 @@ def test_conserving_surface_pressure_keeps_its_global_mean_step_after_step(model
         dataclasses.replace(fc.config, conserve=("temperature",))
     assert ModelConfig.from_dict(kept.config.to_dict()) == kept.config
     assert "conserve" not in fc.config.to_dict()  # older checkpoints' configs are unchanged
+
+
+def test_select_devices_reads_counts_and_all_and_refuses_the_rest():
+    import jax
+
+    from weather.model.rollout import select_devices
+
+    available = jax.devices()
+    assert select_devices(None) == available[:1]
+    assert select_devices(" ALL ") == available and select_devices("1") == available[:1]
+    # Words that sort after "all" are not "all" (a comparison instead of equality would pass
+    # them), nor are counts beyond what the process sees.
+    for bad in ("bogus", "b", "zero"):
+        with pytest.raises(ValueError, match=rf"devices: '{bad}' is not a count or 'all'"):
+            select_devices(bad)
+    for count in (0, len(available) + 1):
+        with pytest.raises(ValueError, match=rf"asked for {count}, this process sees"):
+            select_devices(count)
