@@ -26,7 +26,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=$ROOT/data/mutation
-REPO=$OUT/repo
+# A second run at the same time (other modules, the other core) needs its own clone, since each
+# run writes its mutants into the clone's files: MUTATION_CLONE=data/mutation/repo2.
+REPO=${MUTATION_CLONE:-$OUT/repo}
+REPO=$(realpath -m "$REPO")
 declare -A MODULE=(
   [grid]=weather/data/grid.py
   [kernels]=weather/scoring/kernels.py
@@ -72,7 +75,10 @@ mkdir -p "$OUT"
 if [ ! -d "$REPO/.git" ]; then
   git clone -q "$ROOT" "$REPO"
 fi
-git -C "$REPO" fetch -q "$ROOT" HEAD && git -C "$REPO" checkout -q --detach FETCH_HEAD
+# MUTATION_COMMIT=C mutates and tests commit C instead of HEAD (e.g. a second clone continuing
+# the "before" run of sessions begun at C).
+git -C "$REPO" fetch -q "$ROOT" HEAD
+git -C "$REPO" checkout -q --detach "${MUTATION_COMMIT:-FETCH_HEAD}"
 # A run stopped mid-mutant (a kill, the end of a sitting) leaves that mutant in the clone's file.
 git -C "$REPO" reset -q --hard
 if [ ! -x "$REPO/.venv/bin/cosmic-ray" ]; then

@@ -102,7 +102,10 @@ def filter_session(args: argparse.Namespace) -> None:
 
 def summarise(session: str) -> dict[str, object]:
     """Counts and score of one session (see the module docstring)."""
-    db = sqlite3.connect(session)
+    if not Path(session).is_file():
+        raise SystemExit(f"{session}: no such session")
+    # Read-only: a report must never create or change a session.
+    db = sqlite3.connect(f"file:{session}?mode=ro", uri=True)
     total = db.execute("select count(*) from work_items").fetchone()[0]
     rows = db.execute("select worker_outcome, test_outcome, output from work_results").fetchall()
     counts = {"killed": 0, "survived": 0, "incompetent": 0}
