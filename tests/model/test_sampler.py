@@ -10,6 +10,7 @@ below in float64, independently of the JAX code. The tests check
    it converges to ``N(mu, S)`` as N grows.
 """
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -370,3 +371,31 @@ def test_spread_scale_shrinks_towards_the_first_estimate(solver, gaussian):
     # |D_0 - mu| = lambda / (lambda + sigma_hat_0^2) |x_hat_0 - mu| < 4 / 12800 * 5 * 113.
     assert np.max(np.abs(tiny - mu)) < 0.2
     np.testing.assert_allclose(np.var(half, axis=0), 0.25 * np.var(full, axis=0), rtol=0.05)
+
+
+def test_the_schedule_churns_only_inside_its_window_and_ends_exactly():
+    """sigma_hat = sigma (1 + gamma) for S_tmin <= sigma <= S_tmax and sigma elsewhere (both
+    bounds inclusive), and the float64 levels start and end exactly on sigma_max and sigma_min
+    (the rho-spacing formula rounds there)."""
+    # sigma_max = 88: (88^(1/7))^7 != 88 in float64, so the exact end is not a rounding accident.
+    config = sampler.SamplerConfig(
+        num_steps=10, s_churn=2.0, s_tmin=0.1, s_tmax=5.0, sigma_max=88.0, sigma_min=0.03
+    )
+    levels = sampler._noise_levels_np(config)
+    assert levels[0] == config.sigma_max and levels[-2] == config.sigma_min and levels[-1] == 0
+    schedule = sampler._schedule(config)
+    gamma = min(config.s_churn / config.num_steps, math.sqrt(2) - 1)
+    inside = (schedule.sigma >= 0.1) & (schedule.sigma <= 5.0)
+    assert inside.any() and not inside.all()
+    np.testing.assert_allclose(
+        schedule.sigma_hat, np.where(inside, schedule.sigma * (1 + gamma), schedule.sigma)
+    )
+    # The window's upper bound is inclusive: a level exactly on S_tmax churns.
+    on_bound = dataclasses.replace(config, s_tmax=float(schedule.sigma[3]))
+    assert sampler._schedule(on_bound).sigma_hat[3] == schedule.sigma[3] * (1 + gamma)
+
+
+def test_sampler_override_is_immutable():
+    override = sampler.SamplerOverride.parse("2s:10")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        override.text = "2s:5"  # type: ignore[misc]

@@ -1,5 +1,7 @@
 """Channel layout, normalisation and weights of the task."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -86,6 +88,33 @@ def test_forcing_channels_match_the_forcings_module():
         np.testing.assert_allclose(f[0, 2, :, 4 * i + 2], ref["day_progress_sin"][i], atol=1e-6)
     # At 12 UTC, local noon is at 0E: day progress 0.5 there.
     assert f[0, 0, 0, 7] == pytest.approx(np.cos(np.pi), abs=1e-6)
+
+
+def test_forcing_channels_of_a_batch_of_steps_are_those_of_each_step():
+    """Times ``[k, B, 2]`` (as the rollout asks: k steps of B members) give ``[k, B, lat, lon, 8]``,
+    each entry the forcings of its own pair of times."""
+    base = np.datetime64("2001-06-01T00", "ns")
+    step = np.timedelta64(12, "h")
+    t0 = base + step * np.arange(6).reshape(2, 3) + np.timedelta64(1, "h") * np.arange(3)
+    pairs = np.stack([t0, t0 + step], axis=-1)  # [2, 3, 2]
+    lon = np.array([0.0, 120.0, 240.0, 300.0])
+    f = forcing_channels(pairs, lon, n_lat=2)
+    assert f.shape == (2, 3, 2, 4, 8)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_array_equal(f[i, j], forcing_channels(pairs[i, j][None], lon, 2)[0])
+
+
+def test_conditioning_channels_count_both_states_forcings_and_statics():
+    # 2 level variables x 2 levels + 1 surface = 5 per state: 2 x 5 + 8 forcings + statics.
+    task = TaskConfig(
+        level_variables=("geopotential", "temperature"),
+        surface_variables=("surface_pressure",),
+        static_variables=("geopotential_at_surface", "land_sea_mask"),
+        levels=(500, 850),
+    )
+    assert (task.n_state, task.n_static, task.n_conditioning) == (5, 2, 20)
+    assert dataclasses.replace(task, static_variables=()).n_conditioning == 18
 
 
 def test_config_round_trip_and_validation():
