@@ -156,8 +156,12 @@ def test_make_noise_fn_takes_the_full_shape(kind):
         np.testing.assert_array_equal(out, noise.iid_noise(key, (4,), 32, 64))
     # Channel-last [..., lat, lon, channel]: the same fields, channels moved last.
     np.testing.assert_array_equal(noise_fn(key, (32, 64, 4)), jnp.moveaxis(out, 0, -1))
-    with pytest.raises(ValueError, match="must end with"):
-        noise_fn(key, (4, 64, 32))
+    # With leading dims too: [batch, lat, lon, channel] holds the fields of [batch, channel].
+    batched = noise_fn(key, (2, 4, 32, 64))
+    np.testing.assert_array_equal(noise_fn(key, (2, 32, 64, 4)), jnp.moveaxis(batched, 1, -1))
+    for wrong in [(4, 64, 32), (40, 64, 4), (4, 32, 63)]:
+        with pytest.raises(ValueError, match="must end with"):
+            noise_fn(key, wrong)
 
 
 def test_invalid_grids_and_truncations_are_rejected():
@@ -170,3 +174,6 @@ def test_invalid_grids_and_truncations_are_rejected():
         noise.SphericalNoise.build(np.append(lat, 95.0), lon)
     with pytest.raises(ValueError, match="noise kind"):
         noise.make_noise_fn("pink", lat, lon)
+    for bad in (lat.reshape(2, 16), lat[:0]):
+        with pytest.raises(ValueError, match="latitude must be a non-empty 1-D array"):
+            noise.SphericalNoise.build(bad, lon)
