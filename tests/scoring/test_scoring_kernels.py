@@ -253,3 +253,29 @@ def test_nan_in_a_member_or_the_truth_makes_that_point_nan_and_only_that_point()
     counts = kernels.rank_histogram_counts(x, y, key)
     assert np.isnan(counts).all()
     assert float(kernels.rank_histogram_counts(x, y, key, skipna=True).sum()) == 2
+
+
+def test_a_point_missing_in_both_a_member_and_the_truth_is_missing():
+    # Missing in the ensemble OR the truth: both at once is still missing (not "exactly one").
+    x, y = np.ones((3, 2)), np.zeros(2)
+    x[1, 0], y[0] = np.nan, np.nan
+    # Ranks and exceedance counts compare values (a NaN compares False, giving a finite
+    # answer), so these rely on the missing-point mask rather than on NaN arithmetic.
+    for score in (
+        kernels.crps_fair(x, y),
+        kernels.truth_rank(x, y, jax.random.key(0)),
+        kernels.brier_fair(x, y, 0.5),
+        kernels.brier_standard(x, y, 0.5),
+    ):
+        assert np.isnan(score[0]) and np.isfinite(score[1])
+
+
+def test_defaults_and_refusals_of_the_kernel_signatures():
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(4, 3, 2)), rng.normal(size=(3, 2))
+    # The energy score's vector is the last axis unless told otherwise.
+    np.testing.assert_array_equal(
+        kernels.energy_score(x, y), kernels.energy_score(x, y, feature_axes=(-1,))
+    )
+    with pytest.raises(ValueError, match="member axis"):
+        kernels.crps_fair(np.float32(1.0), np.float32(1.0))
