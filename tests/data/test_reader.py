@@ -413,7 +413,7 @@ def test_missing_variables_and_levels_list_what_exists(tmp_path: Path):
     with pytest.raises(ArchiveError, match="does not exist"):
         reader.open_archive(tmp_path / "absent.zarr")
     (tmp_path / "notes.txt").write_text("not an archive")
-    with pytest.raises(ArchiveError, match=r"notes\.txt' cannot be read as Zarr or NetCDF"):
+    with pytest.raises(ArchiveError, match=r"notes\.txt' cannot be read as Zarr, NetCDF or GRIB"):
         reader.open_archive(tmp_path / "notes.txt")
     with pytest.raises(ArchiveError, match="is a directory but not a Zarr store"):
         reader.open_archive(tmp_path)

@@ -353,6 +353,10 @@ def select_window(
     return window
 
 
+# Files read through cfgrib (CDS downloads).
+GRIB_SUFFIXES = (".grib", ".grb", ".grib1", ".grib2", ".grb2")
+
+
 def _open_path(path: Path, chunks: Chunks) -> xr.Dataset:
     """Opens a Zarr store or NetCDF file lazily, without loading any data."""
     if not path.exists():
@@ -362,6 +366,16 @@ def _open_path(path: Path, chunks: Chunks) -> xr.Dataset:
 
     def open_with(chunks: Chunks) -> xr.Dataset:
         # cfgrib's `step` (units "hours") is a timedelta only when asked: xarray no longer guesses.
+        if path.suffix.lower() in GRIB_SUFFIXES:
+            # No index file: cfgrib would write one beside the archive, in the user's data
+            # directory (or fail on a read-only one); indexing a file of a few fields is quick.
+            return xr.open_dataset(
+                path,
+                engine="cfgrib",
+                chunks=chunks,
+                decode_timedelta=True,
+                backend_kwargs={"indexpath": ""},
+            )
         if not path.is_dir():
             return xr.open_dataset(path, chunks=chunks, decode_timedelta=True)
         # Consolidated metadata first, falling back explicitly: consolidated=None would warn on
@@ -377,7 +391,7 @@ def _open_path(path: Path, chunks: Chunks) -> xr.Dataset:
         return open_with(chunks)
     except (OSError, ValueError) as error:
         raise ArchiveError(
-            f"archive {str(path)!r} cannot be read as Zarr or NetCDF: {error}"
+            f"archive {str(path)!r} cannot be read as Zarr, NetCDF or GRIB: {error}"
         ) from error
 
 
