@@ -19,6 +19,7 @@ from weather.model.task import (
     forcing_channels,
     loss_weights,
     state_to_channels,
+    static_channels,
 )
 
 TASK = TaskConfig(levels=(500, 850))
@@ -224,3 +225,13 @@ def test_check_archive_names_every_missing_variable_and_level():
             ]
         ),
     )
+
+
+def test_static_channels_stack_the_tasks_static_fields_last_in_order(archive):
+    ds = archive.assign(land_sea_mask=archive["geopotential_at_surface"] * 0 + 0.25)
+    task = TaskConfig(levels=(850,), static_variables=("land_sea_mask", "geopotential_at_surface"))
+    static = static_channels(ds, task)
+    assert static.shape == (*ds["geopotential_at_surface"].shape, 2) and static.dtype == np.float32
+    np.testing.assert_array_equal(static[..., 0], 0.25)
+    np.testing.assert_array_equal(static[..., 1], ds["geopotential_at_surface"].values)
+    assert static_channels(ds, TaskConfig(levels=(850,), static_variables=())).shape[-1] == 0
