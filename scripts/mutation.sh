@@ -48,7 +48,7 @@ declare -A TESTS=(
   [noise]="tests/model/test_noise.py tests/data/test_legendre.py"
   [task]="tests/model/test_task.py tests/data/test_forcings.py"
   [denoiser]="tests/model/test_inference_reference.py tests/model/test_edm.py tests/model/test_rollout.py"
-  [rollout]="tests/model/test_inference_reference.py tests/model/test_rollout.py"
+  [rollout]="tests/model/test_inference_reference.py tests/model/test_rollout.py tests/model/test_devices.py"
 )
 ORDER=(grid kernels edm sampler noise task denoiser rollout)
 
