@@ -142,7 +142,9 @@ def test_an_archive_without_the_models_variables_is_refused_naming_them(
     _, url, _ = served
     files = service_files(tmp_path_factory, archive, statistics)
     partial = open_archive(f"{url}/no-temperature.zarr")
-    with pytest.raises(ArchiveError, match=r"variables \['temperature'\] are missing"):
+    with pytest.raises(
+        ArchiveError, match=r"lacks the model's variables \['temperature'\] \(it holds"
+    ):
         forecast(load_forecaster(files.checkpoint), partial, init_time=INIT, lead=12, members=1)
     settings = Settings(checkpoint=files.checkpoint, archive=f"{url}/no-temperature.zarr")
     assert settings.archive == f"{url}/no-temperature.zarr"  # a URL stays text
