@@ -354,6 +354,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "drift (default 0)",
     )
     p.add_argument(
+        "--rollout-depth",
+        type=int,
+        default=1,
+        help="with --rollout-inputs, the model's own 12 h steps that make the inputs: 1 "
+        "replaces the current state, 2 both input states, as in a rollout (default 1)",
+    )
+    p.add_argument(
         "--snapshot-every",
         type=int,
         default=0,
@@ -426,6 +433,7 @@ def _train(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         input_noise=args.input_noise,
         rollout_inputs=args.rollout_inputs,
+        rollout_depth=args.rollout_depth,
         snapshot_every=args.snapshot_every,
     )
     try:

@@ -16,9 +16,10 @@ PERIOD = ("2001-01-01", "2001-01-09")
 VALID = ("2001-01-09T12", "2001-01-12T18")
 
 
-def _train(tmp, archive, statistics, steps, rollout_inputs=0, **kw):  # type: ignore[no-untyped-def]
+def _train(tmp, archive, statistics, steps, rollout_inputs=0, rollout_depth=1, **kw):  # type: ignore[no-untyped-def]
     config = TrainConfig(
         rollout_inputs=rollout_inputs,
+        rollout_depth=rollout_depth,
         steps=steps,
         batch_size=2,
         peak_learning_rate=3e-3,
@@ -241,14 +242,129 @@ def test_rollout_inputs_train_on_the_ema_models_own_forecast_of_the_current_stat
         TrainConfig(batch_size=2, rollout_inputs=3)
 
 
-def test_a_run_with_rollout_inputs_trains_and_resumes_exactly(tmp_path, archive, statistics):
-    straight = load_checkpoint(
-        _train(tmp_path / "a", archive, statistics, steps=4, rollout_inputs=1)
+def test_rollout_depth_2_makes_both_inputs_the_ema_models_own_chained_forecasts(
+    archive, statistics
+):
+    """With rollout_depth=2 the step equals the plain step on a batch whose first k previous
+    states are the EMA model's forecasts of x(t - 12h) from (x(t - 36h), x(t - 24h)) and whose
+    current states are its forecasts of x(t) from (x(t - 24h), that forecast)."""
+    import jax.numpy as jnp
+
+    from weather.data.times import STEP
+    from weather.model.denoiser import Forecaster
+    from weather.model.task import Normalization, forcing_channels, static_channels
+    from weather.model.train import batch_arrays, task_windows, train_step
+
+    model = tiny_model_config()
+    norm = Normalization.from_statistics(model.task, statistics)
+    lat, lon = archive["latitude"].values, archive["longitude"].values
+    forecaster = Forecaster(model, norm, lat, lon)
+    windows = task_windows(archive, model.task, PERIOD, 3, seed=0, input_steps=4)
+    batch = windows.load([0, 4, 7])
+    arrays = {k: jnp.asarray(v) for k, v in batch_arrays(batch, forecaster).items()}
+    three = task_windows(archive, model.task, PERIOD, 3, seed=0, input_steps=3)
+    shorter = batch_arrays(
+        three.load(np.searchsorted(three.anchors, windows.anchors[[0, 4, 7]])), forecaster
     )
-    _train(tmp_path / "b", archive, statistics, steps=4, stop_after=2, rollout_inputs=1)
-    resumed = load_checkpoint(
-        _train(tmp_path / "b", archive, statistics, steps=4, rollout_inputs=1)
+    for name, value in shorter.items():  # the last three states are the three-state batch's
+        np.testing.assert_array_equal(arrays[name], value)
+    # The oldest state is the archive's at t - 36h, its forcings those of (t - 24h, t - 12h).
+    t = np.asarray(batch["time"], dtype="datetime64[ns]")
+    level = forecaster.task.levels[0]
+    channel = forecaster.task.channel_names().index(f"temperature@{level}")
+    for i, ti in enumerate(t):
+        field = archive["temperature"].sel(time=ti - 3 * STEP, level=level).values
+        np.testing.assert_array_equal(arrays["earliest"][i, ..., channel], field)
+    want_forcings = forcing_channels(np.stack([t - 2 * STEP, t - STEP], -1), lon, lat.size)
+    np.testing.assert_array_equal(arrays["earliest_forcings"], want_forcings)
+
+    static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster.task)))
+    leaves, treedef = jax.tree_util.tree_flatten(forecaster.init_params(jax.random.key(1)))
+
+    def perturbed(seed):  # type: ignore[no-untyped-def]
+        keys = jax.random.split(jax.random.key(seed), len(leaves))
+        noise = [0.05 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
+        return jax.tree_util.tree_unflatten(
+            treedef, [p + n for p, n in zip(leaves, noise, strict=True)]
+        )
+
+    # Neither at the initialisation (its output layer is zero, so the loss would not see the
+    # previous state at all): the trained parameters' loss depends on both inputs, and the
+    # EMA's forecasts tell which parameters made them.
+    params, ema = perturbed(3), perturbed(4)
+    key, k = jax.random.key(2), 2
+
+    def run(config, batch):  # type: ignore[no-untyped-def]
+        optimizer = config.optimizer()
+        fn = jax.jit(train_step(forecaster, config))
+        copy = jax.tree_util.tree_map(jnp.copy, (params, ema))
+        return fn(*copy, optimizer.init(params), key, batch, static, jnp.int32(5))
+
+    config = TrainConfig(steps=10, batch_size=3, warmup_steps=1, rollout_inputs=k, rollout_depth=2)
+    got = run(config, arrays)
+    own_previous = forecaster.sample_step(
+        ema,
+        jax.random.split(jax.random.fold_in(key, 12), k),
+        arrays["earliest"][:k],
+        arrays["earlier"][:k],
+        arrays["earliest_forcings"][:k],
+        static,
     )
+    own = forecaster.sample_step(
+        ema,
+        jax.random.split(jax.random.fold_in(key, 11), k),
+        arrays["earlier"][:k],
+        own_previous,
+        arrays["earlier_forcings"][:k],
+        static,
+    )
+    assert float(jnp.abs(own_previous - arrays["previous"][:k]).max()) > 1.0
+    replaced = dict(
+        arrays,
+        previous=arrays["previous"].at[:k].set(own_previous),
+        current=arrays["current"].at[:k].set(own),
+    )
+    want = run(dataclasses.replace(config, rollout_inputs=0), replaced)
+    # As in the depth-1 test: float32 rounding of one compiled step against another.
+    np.testing.assert_allclose(float(got[3]), float(want[3]), rtol=1e-5)
+    np.testing.assert_allclose(float(got[4]), float(want[4]), rtol=1e-5)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(got[0]), jax.tree_util.tree_leaves(want[0]), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="rollout_depth"):
+            TrainConfig(rollout_depth=bad)
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_its_default(
+    tmp_path, archive, statistics
+):
+    from weather.model.checkpoint import save_checkpoint
+
+    path = _train(tmp_path, archive, statistics, steps=4, stop_after=2)
+    saved = load_checkpoint(path)
+
+    def write(train_config):  # type: ignore[no-untyped-def]
+        configs = dict(saved["configs"], train=train_config)
+        fields = ("normalization", "params", "metadata", "train")
+        save_checkpoint(path, configs=configs, **{k: saved[k] for k in fields})
+
+    older = {k: v for k, v in saved["configs"]["train"].items() if k != "rollout_depth"}
+    write(older)  # as a version without the option wrote it
+    resumed = load_checkpoint(_train(tmp_path, archive, statistics, steps=4))
+    assert resumed["train"]["step"] == 4
+    write(dict(older, rollout_depth=2))  # a value that is not the default: refused
+    with pytest.raises(ValueError, match="other configs"):
+        _train(tmp_path, archive, statistics, steps=5)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_run_with_rollout_inputs_trains_and_resumes_exactly(tmp_path, archive, statistics, depth):
+    kw = {"rollout_inputs": 1, "rollout_depth": depth}
+    straight = load_checkpoint(_train(tmp_path / "a", archive, statistics, steps=4, **kw))
+    _train(tmp_path / "b", archive, statistics, steps=4, stop_after=2, **kw)
+    resumed = load_checkpoint(_train(tmp_path / "b", archive, statistics, steps=4, **kw))
     for a, b in zip(
         jax.tree_util.tree_leaves(straight["params"]),
         jax.tree_util.tree_leaves(resumed["params"]),

@@ -79,6 +79,12 @@ class TrainConfig:
         sampled with the model's sampler (0: none; the "pushforward" lever against drift: the
         model learns to take its own, imperfect, states back towards the truth, as a rollout
         needs). Training then reads windows with three input states.
+      rollout_depth: with ``rollout_inputs``, how many of the model's own 12 h steps make the
+        inputs: 1 replaces ``x(t)`` only (the truth's ``x(t - 12h)`` stays beside it), 2 also
+        replaces ``x(t - 12h)`` by its forecast from ``(x(t - 36h), x(t - 24h))`` and then
+        forecasts ``x(t)`` from ``(x(t - 24h), x̂(t - 12h))``, so that both inputs are the
+        model's, as they are in a rollout from its third step on. Windows then hold
+        ``2 + rollout_depth`` input states.
       snapshot_every: keep an inference-only copy of the EMA parameters every this many steps
         in ``<run>/snapshots/step_NNNNNNN.msgpack`` (0: none), for the learning curve.
       prefetch: training batches loaded ahead in a background thread.
@@ -104,6 +110,7 @@ class TrainConfig:
     validation_sigmas: tuple[float, ...] = (0.05, 0.25, 1.0, 5.0, 25.0)
     input_noise: float = 0.0
     rollout_inputs: int = 0
+    rollout_depth: int = 1
     snapshot_every: int = 0
     prefetch: int = 2
 
@@ -128,6 +135,8 @@ class TrainConfig:
                 f"rollout_inputs: must be in [0, batch_size] = [0, {self.batch_size}], "
                 f"got {self.rollout_inputs}"
             )
+        if self.rollout_depth not in (1, 2):
+            raise ValueError(f"rollout_depth: must be 1 or 2, got {self.rollout_depth}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every: must be >= 0, got {self.snapshot_every}")
         if any(not (np.isfinite(s) and s > 0) for s in self.validation_sigmas):
@@ -182,7 +191,9 @@ def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
     ``previous``, ``current``, ``target``: ``[B, H, W, C]`` at ``t - 12h``, ``t``, ``t + 12h``;
     ``forcings``: ``[B, H, W, 8]`` at ``(t, t + 12h)``. A batch with three input states also
     gives ``earlier`` (``t - 24h``) and ``earlier_forcings`` (at ``(t - 12h, t)``): what the
-    model's own forecast of ``x(t)`` is made from.
+    model's own forecast of ``x(t)`` is made from; one with four also ``earliest``
+    (``t - 36h``) and ``earliest_forcings`` (at ``(t - 24h, t - 12h)``), for its forecast of
+    ``x(t - 12h)``.
     """
     task = forecaster.task
     inputs = batch["inputs"]
@@ -202,6 +213,11 @@ def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
     if steps >= 3:
         arrays["earlier"] = state(steps - 3)
         arrays["earlier_forcings"] = forcing_channels(np.stack([t - STEP, t], -1), lon, n_lat)
+    if steps >= 4:
+        arrays["earliest"] = state(steps - 4)
+        arrays["earliest_forcings"] = forcing_channels(
+            np.stack([t - 2 * STEP, t - STEP], -1), lon, n_lat
+        )
     return arrays
 
 
@@ -286,11 +302,23 @@ def train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any
             # The deployed model (EMA weights, its own sampler) forecasts x(t) for the first
             # rows; only the loss's parameters are differentiated, so this is a constant.
             k = config.rollout_inputs
+            own_previous = previous[:k]
+            if config.rollout_depth == 2:
+                # Its own x(t - 12h) first (a key of its own: depth 1 keeps the draws it had).
+                own_previous = forecaster.sample_step(
+                    ema,
+                    jax.random.split(jax.random.fold_in(key, 12), k),
+                    arrays["earliest"][:k],
+                    arrays["earlier"][:k],
+                    arrays["earliest_forcings"][:k],
+                    static,
+                )
+                previous = jnp.concatenate([own_previous, previous[k:]], axis=0)
             own = forecaster.sample_step(
                 ema,
                 jax.random.split(jax.random.fold_in(key, 11), k),
                 arrays["earlier"][:k],
-                previous[:k],
+                own_previous,
                 arrays["earlier_forcings"][:k],
                 static,
             )
@@ -463,7 +491,10 @@ def train(
     elapsed = 0.0
     if ckpt_path.exists():
         saved = load_checkpoint(ckpt_path)
-        if saved["configs"] != json.loads(json.dumps(configs)):
+        # A run saved before a training option existed ran with that option's default.
+        defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+        saved_configs = dict(saved["configs"], train={**defaults, **saved["configs"]["train"]})
+        if saved_configs != json.loads(json.dumps(configs)):
             raise ValueError(
                 f"{ckpt_path}: was trained with other configs; use another run directory"
             )
@@ -490,7 +521,7 @@ def train(
         train_period,
         train_config.batch_size,
         seed=train_config.seed,
-        input_steps=3 if train_config.rollout_inputs else 2,
+        input_steps=2 + train_config.rollout_depth if train_config.rollout_inputs else 2,
     )
     val_eval = _validation(
         forecaster, train_config, validation_data, validation_period, static_n, split
