@@ -13,9 +13,12 @@ and called as `module.apply(params, x, c_noise)`:
 
 The grid comes in as coordinates (degrees, latitude ascending, longitude evenly spaced over the
 full circle, an even number of longitudes), so equiangular grids with or without pole rows and
-Gaussian grids all work. Nothing in either architecture has a boundary at longitude 0/360, and
-neither pads with zeros: longitude wraps periodically, and rows beyond a pole are the rows next to
-it on the opposite meridian (`weather.model.layers.pad_sphere`).
+Gaussian grids all work (`weather.model.layers.SUPPORTED_GRIDS`). Nothing in either architecture
+has a boundary at longitude 0/360, and neither pads with zeros: longitude wraps periodically, and
+rows beyond a pole are the rows next to it on the opposite meridian
+(`weather.model.layers.pad_sphere`). Each architecture also constrains the grid's size (the
+transformer's patch must divide the longitudes, the U-Net's levels halve them); `check_grid`
+refuses a grid either cannot run on before any work, and `build_backbone` calls it.
 
 Architectures (configs are frozen dataclasses; `config_to_dict` / `config_from_dict` round-trip
 them through `{"name": ..., **fields}` for checkpoints):
@@ -39,9 +42,9 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
-from weather.model.convnet import SphereUNet, SphereUNetConfig
+from weather.model.convnet import SphereUNet, SphereUNetConfig, level_layout
 from weather.model.layers import SphereGrid
-from weather.model.transformer import SphereTransformer, SphereTransformerConfig
+from weather.model.transformer import SphereTransformer, SphereTransformerConfig, patch_layout
 
 __all__ = [
     "BACKBONE_CONFIGS",
@@ -49,6 +52,7 @@ __all__ = [
     "SphereTransformerConfig",
     "SphereUNetConfig",
     "build_backbone",
+    "check_grid",
     "config_from_dict",
     "config_to_dict",
 ]
@@ -84,6 +88,29 @@ def config_from_dict(data: Mapping[str, Any]) -> BackboneConfig:
     return cls(**fields)
 
 
+def check_grid(config: BackboneConfig, latitude: np.ndarray, longitude: np.ndarray) -> SphereGrid:
+    """The validated grid, if the architecture of `config` runs on it.
+
+    Cheap (no arrays, nothing traced): callers with a long way to go before building the model
+    (reading an archive, computing statistics) can refuse a grid first.
+
+    Args:
+      config: one of the registered configs.
+      latitude, longitude: [lat], [lon] cell centres (degrees), as `build_backbone` takes them.
+
+    Raises:
+      ValueError: naming the grid (latitudes x longitudes) and what is supported.
+    """
+    grid = SphereGrid.build(latitude, longitude)
+    if isinstance(config, SphereTransformerConfig):
+        patch_layout(grid, config)
+    elif isinstance(config, SphereUNetConfig):
+        level_layout(grid, config)
+    else:
+        raise TypeError(f"not a backbone config: {config!r}")
+    return grid
+
+
 def build_backbone(
     config: BackboneConfig,
     latitude: np.ndarray,
@@ -103,12 +130,13 @@ def build_backbone(
       A module called as `module.apply(params, x, c_noise)` with x [batch, lat, lon, in_channels]
       and c_noise [batch], returning [batch, lat, lon, out_channels] float32. `module.init(key, x,
       c_noise)` makes the float32 parameters for a given in_channels.
+
+    Raises:
+      ValueError: a grid the architecture does not run on (`check_grid`), or bad out_channels.
     """
-    geometry = SphereGrid.build(latitude, longitude)
+    geometry = check_grid(config, latitude, longitude)
     if not isinstance(out_channels, int) or out_channels < 1:
         raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
     if isinstance(config, SphereTransformerConfig):
         return SphereTransformer(config=config, grid=geometry, out_channels=out_channels)
-    if isinstance(config, SphereUNetConfig):
-        return SphereUNet(config=config, grid=geometry, out_channels=out_channels)
-    raise TypeError(f"not a backbone config: {config!r}")
+    return SphereUNet(config=config, grid=geometry, out_channels=out_channels)

@@ -6,15 +6,26 @@ a grid of H_l x W_l, H_{l+1} = ceil(H_l / 2), W_{l+1} = W_l / 2.
 - Every k x k convolution pads its input on the sphere instead of with zeros
   (`weather.model.layers.pad_sphere`): k // 2 columns wrap around in longitude and k // 2 rows
   continue over each pole on the opposite meridian (row i beyond the pole is row i - 1 before it,
-  rolled by W_l / 2). The network therefore has no edge anywhere, and (without the latitude
-  channels below breaking it in latitude) commutes with longitude shifts by 2^(levels-1) cells.
+  rolled by W_l / 2, or row i when the edge row is on the pole). The network therefore has no
+  edge anywhere, and (without the latitude channels below breaking it in latitude) commutes with
+  longitude shifts by 2^(levels-1) cells.
+- Coarse rows and the poles (`level_layout`): a coarse row pairs two finer rows, so its centre
+  is their midpoint. On a grid of an even number of rows without pole rows, every level is again
+  such a grid and its halo is exact. An odd row count (every grid with pole rows: 121, 721) pairs
+  its last row with the row continued over the north pole, and no pairing of an odd count is
+  symmetric about the poles: there the coarse rows sit a quarter of a coarse row off, the edge
+  cell holds the pole, and no row mirrors exactly. Each level's halo therefore takes, at each
+  pole, the rows whose mirror images lie nearest to where the level's rows continue (about half
+  a row off at worst), computed from the rows' centres; mirroring the edge cell itself, as a grid
+  without pole rows does, would put its pole back next to it, 1.5 rows out of place.
 - Two constant input channels, sin(lat) and cos(lat), tell the network its latitude; longitude is
   left out so that the network stays equivariant to longitude shifts.
 - Residual blocks: x + Conv(act(CGN(Conv(act(CGN(x)))))), CGN the GroupNorm whose scale and
   offset come from the noise embedding (`ConditionalLayerNorm(num_groups=...)`).
 - Downsampling: a learned 2 x 2 convolution with stride 2; an odd row count first gets one more
-  row continued over the north pole. Upsampling: nearest-neighbour doubling, the extra row
-  cropped, then a sphere-padded convolution. Skip connections are concatenated.
+  row continued over the north pole (the level's halo row). Upsampling: nearest-neighbour
+  doubling, the extra row cropped, then a sphere-padded convolution. Skip connections are
+  concatenated.
 - Bottleneck: `bottleneck_attention_layers` pre-norm global self-attention + MLP blocks over the
   H_L x W_L cells of the coarsest level (128 tokens at 5.625 deg with three levels).
 - Head: CGN, activation, and a zero-initialised sphere-padded convolution to out_channels.
@@ -46,6 +57,7 @@ from weather.model.layers import (
     check_choice,
     check_inputs,
     check_positive,
+    grid_name,
     multi_head_attention,
     pad_latitude_over_poles,
     pad_sphere,
@@ -119,11 +131,14 @@ _ACTIVATION = nn.silu
 
 
 class SphereConv(nn.Module):
-    """k x k convolution with a sphere halo instead of zero padding; [B, H, W, C] -> [..., F]."""
+    """k x k convolution with a sphere halo instead of zero padding; [B, H, W, C] -> [..., F].
+
+    poles: (south, north) edge rows the halo skips at each pole (`pad_latitude_over_poles`).
+    """
 
     features: int
     kernel_size: int
-    poles: tuple[bool, bool] = (False, False)
+    poles: tuple[int, int] = (False, False)
     dtype: jnp.dtype = jnp.dtype(jnp.float32)
     zero_init: bool = False
 
@@ -150,7 +165,7 @@ class ResidualBlock(nn.Module):
 
     features: int
     config: SphereUNetConfig
-    poles: tuple[bool, bool] = (False, False)
+    poles: tuple[int, int] = (False, False)
 
     @nn.compact
     def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
@@ -195,19 +210,81 @@ class AttentionBlock(nn.Module):
         return tokens.reshape(b, hh, ww, c)
 
 
-def level_shapes(grid: SphereGrid, levels: int) -> list[tuple[int, int]]:
-    """(rows, columns) of each level, finest first; raises if a level's columns are odd."""
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One resolution level of the U-Net.
+
+    Attributes:
+      rows, columns: its grid, H_l x W_l.
+      poles: (south, north) edge rows its halo skips at each pole before mirroring
+        (`pad_latitude_over_poles`): at the finest level 1 for a pole row and 0 otherwise.
+      latitude: [rows] centres of its rows (degrees) along a meridian continued over the poles,
+        so that a row pairing a north pole row with the row beyond it lies above 90.
+    """
+
+    rows: int
+    columns: int
+    poles: tuple[int, int]
+    latitude: tuple[float, ...]
+
+
+def _nearest_mirror(latitude: np.ndarray, halo: int) -> int:
+    """Edge rows k to skip at the north pole so that the halo continues `latitude` ([rows],
+    ascending, degrees) best: row k + 1 from the edge, mirrored to 180 - its latitude, nearest to
+    the edge row plus one edge spacing. Where two are equally near (an edge row a quarter of a
+    row off the pole lies halfway between two mirror images), k = 1: the edge cell then holds
+    the pole, so it is treated as a pole row and not put back next to itself. k is at most
+    rows - halo, so that `halo` rows (and the one row an odd count appends) remain to mirror.
+    """
+    if latitude.size < 2:
+        return 0
+    spacing = latitude[-1] - latitude[-2]
+    wanted = latitude[-1] + spacing
+    candidates = range(latitude.size - max(halo, 1) + 1)
+    # Rounded to a millionth of a row, so that ties are ties despite the midpoints' rounding.
+    return min(
+        candidates,
+        key=lambda k: (round(abs(180.0 - latitude[-1 - k] - wanted) / spacing, 6), abs(k - 1)),
+    )
+
+
+def level_layout(grid: SphereGrid, config: SphereUNetConfig) -> tuple[Level, ...]:
+    """The U-Net's levels on `grid`, finest first, and what each level's halo mirrors.
+
+    Level l + 1 pairs the rows of level l (after appending the row continued over the north pole
+    to an odd count) and halves the columns.
+
+    Raises:
+      ValueError: naming the grid and what it supports, when a level's columns would be odd or
+        a level has fewer rows than its convolutions' halo.
+    """
     n_lat, n_lon = grid.shape
-    shapes = [(n_lat, n_lon)]
-    for _ in range(levels - 1):
-        rows, cols = shapes[-1]
-        if cols % 4:
+    levels = len(config.channels)
+    halo = config.kernel_size // 2
+    if n_lon % 2**levels:
+        raise ValueError(
+            f"grid {grid_name(n_lat, n_lon)}: the U-Net's {levels} levels (channels "
+            f"{config.channels}) halve the longitudes {levels - 1} times and every level needs an "
+            f"even count, so the longitude count must be a multiple of {2**levels}; use fewer "
+            "levels or another grid"
+        )
+    latitude = np.asarray(grid.latitude)
+    out = []
+    for level in range(levels):
+        if latitude.size < halo:
             raise ValueError(
-                f"longitude count {n_lon} does not allow {levels} levels: every level needs an "
-                "even number of columns"
+                f"grid {grid_name(n_lat, n_lon)}: the U-Net's level {level} has {latitude.size} "
+                f"rows, fewer than its {config.kernel_size} x {config.kernel_size} convolutions' "
+                f"halo of {halo} rows over each pole; use fewer levels, a smaller kernel_size or "
+                "more latitudes"
             )
-        shapes.append(((rows + 1) // 2, cols // 2))
-    return shapes
+        mirrored = -latitude[::-1]  # the south pole as a north pole
+        poles = (_nearest_mirror(mirrored, halo), _nearest_mirror(latitude, halo))
+        out.append(Level(latitude.size, n_lon // 2**level, poles, tuple(latitude.tolist())))
+        if latitude.size % 2:
+            latitude = np.append(latitude, 180.0 - latitude[-1 - poles[1]])
+        latitude = 0.5 * (latitude[0::2] + latitude[1::2])
+    return tuple(out)
 
 
 class SphereUNet(nn.Module):
@@ -227,12 +304,10 @@ class SphereUNet(nn.Module):
         n_lat, n_lon = self.grid.shape
         check_inputs(x, c_noise, self.grid)
         levels = len(cfg.channels)
-        shapes = level_shapes(self.grid, levels)
-        # Only the finest level can have rows on the poles; coarser rows are averages of pairs.
-        fine_poles = (self.grid.south_pole_row, self.grid.north_pole_row)
+        layout = level_layout(self.grid, cfg)
 
-        def poles(level: int) -> tuple[bool, bool]:
-            return fine_poles if level == 0 else (False, False)
+        def poles(level: int) -> tuple[int, int]:
+            return layout[level].poles
 
         embedding = NoiseEmbedding(cfg.conditioning_dim, cfg.noise_frequencies, name="noise")(
             c_noise
@@ -252,7 +327,7 @@ class SphereUNet(nn.Module):
                 )
                 skips.append(h)
             if level + 1 < levels:
-                rows = shapes[level][0]
+                rows = layout[level].rows
                 if rows % 2:
                     h = pad_latitude_over_poles(h, 0, 1, poles(level))
                 h = nn.Conv(
@@ -272,7 +347,7 @@ class SphereUNet(nn.Module):
         for level in reversed(range(levels)):
             features = cfg.channels[level]
             if level < bottom:
-                rows = shapes[level][0]
+                rows = layout[level].rows
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)[:, :rows]
                 h = SphereConv(features, cfg.kernel_size, poles(level), dtype, name=f"up_{level}")(
                     h

@@ -5,9 +5,9 @@ The architectures (`weather.model.transformer`, `weather.model.convnet`) build o
 `weather.model.backbone` picks between them; imports run layers -> architectures -> registry.
 
 Grids come in as coordinates (degrees, latitude ascending, longitude evenly spaced over the full
-circle, an even number of longitudes); nothing here has a boundary at longitude 0/360, and
-nothing pads with zeros: longitude wraps periodically, and rows beyond a pole are the rows next
-to it on the opposite meridian (`pad_sphere`).
+circle, an even number of longitudes) and must cover the globe (`SphereGrid.build`); nothing here
+has a boundary at longitude 0/360, and nothing pads with zeros: longitude wraps periodically, and
+rows beyond a pole are the rows next to it on the opposite meridian (`pad_sphere`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from weather.data.grid import is_gaussian
 
 ComputeDtype = Literal["float32", "bfloat16"]
 PositionEncoding = Literal["xyz", "latitude", "none"]
@@ -35,6 +37,16 @@ ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
 ArrayT = TypeVar("ArrayT", jax.Array, np.ndarray)
 
 _POLE_TOLERANCE_DEG = 1e-6
+# How far (in rows) an outermost row may sit from half a row off the pole: latitudes stored as
+# float32 are within 3.8e-6 degrees of their values (half an ulp at 90), 1.5e-5 of a 0.25 degree
+# row.
+_HALF_ROW_TOLERANCE = 1e-3
+
+SUPPORTED_GRIDS = (
+    "global grids: equiangular without pole rows (outermost rows half a row from the poles, "
+    "e.g. WeatherBench2's 64x32), equiangular with rows on both poles (e.g. 240x121, "
+    "1440x721), or Gaussian latitudes"
+)
 
 
 def check_positive(config: object, *names: str) -> None:
@@ -72,6 +84,12 @@ class SphereGrid:
       longitude: cell-centre longitudes (degrees), evenly spaced over the circle.
       south_pole_row / north_pole_row: whether the first / last row sits on the pole (then the
         rows beyond the pole mirror the rows *after* it, since the pole row is its own mirror).
+
+    Supported (`SUPPORTED_GRIDS`): each outermost row on its pole or half a row from it
+    (equiangular grids with or without pole rows), or Gaussian latitudes (outermost rows 0.77 of
+    a row from the poles, no pole rows). There the rows mirrored over a pole are the grid
+    continued over it; a regional grid, or one with a pole row missing (-90 .. 89.75), would
+    have its edge mirrored as if it were a pole, so it is refused.
     """
 
     latitude: tuple[float, ...]
@@ -81,29 +99,52 @@ class SphereGrid:
 
     @classmethod
     def build(cls, latitude: np.ndarray, longitude: np.ndarray) -> SphereGrid:
-        """Validate coordinates (degrees) and record which rows are poles."""
+        """Validate coordinates (degrees) and record which rows are poles.
+
+        Raises:
+          ValueError: naming the grid (`grid_name`) and what is wrong with it.
+        """
         lat = np.asarray(latitude, dtype=np.float64)
         lon = np.asarray(longitude, dtype=np.float64)
+        where = f"grid {grid_name(lat.size, lon.size)}"
         if lat.ndim != 1 or lat.size < 2:
-            raise ValueError(f"latitude must be 1-D with at least 2 rows, got shape {lat.shape}")
+            raise ValueError(f"{where}: latitude must be 1-D with at least 2 rows, got {lat.shape}")
         if np.any(np.diff(lat) <= 0) or lat[0] < -90 - 1e-9 or lat[-1] > 90 + 1e-9:
-            raise ValueError("latitude must be strictly ascending within [-90, 90] degrees")
+            raise ValueError(
+                f"{where}: latitude must be strictly ascending within [-90, 90] degrees, got "
+                f"{lat[0]} .. {lat[-1]}"
+            )
         if lon.ndim != 1 or lon.size < 2 or lon.size % 2:
             raise ValueError(
-                "longitude must be 1-D with an even number of points (rows continue over the "
-                f"pole 180 degrees away), got shape {lon.shape}"
+                f"{where}: longitude must be 1-D with an even number of points (rows continue "
+                "over the pole 180 degrees away)"
             )
         step = 360.0 / lon.size
         if not np.allclose(np.diff(lon), step, atol=1e-6 * step):
             raise ValueError(
-                f"longitude must be evenly spaced over the full circle ({lon.size} points every "
-                f"{step} degrees)"
+                f"{where}: longitude must be evenly spaced over the full circle ({lon.size} "
+                f"points every {step} degrees)"
+            )
+        south = abs(lat[0] + 90) < _POLE_TOLERANCE_DEG
+        north = abs(lat[-1] - 90) < _POLE_TOLERANCE_DEG
+
+        def half_row_off(gap: float, row: float) -> bool:
+            return abs(gap / row - 0.5) < _HALF_ROW_TOLERANCE
+
+        covered = (south or half_row_off(lat[0] + 90, lat[1] - lat[0])) and (
+            north or half_row_off(90 - lat[-1], lat[-1] - lat[-2])
+        )
+        if not covered and not is_gaussian(lat):
+            raise ValueError(
+                f"{where}: latitudes {lat[0]} .. {lat[-1]} are not a grid the backbones pad over "
+                f"the poles; supported are {SUPPORTED_GRIDS} (regrid the archive onto one, e.g. "
+                "with `weather data regrid --grid 240x121`)"
             )
         return cls(
             latitude=tuple(float(v) for v in lat),
             longitude=tuple(float(v) for v in lon),
-            south_pole_row=bool(abs(lat[0] + 90) < _POLE_TOLERANCE_DEG),
-            north_pole_row=bool(abs(lat[-1] - 90) < _POLE_TOLERANCE_DEG),
+            south_pole_row=bool(south),
+            north_pole_row=bool(north),
         )
 
     @property
@@ -120,6 +161,11 @@ class SphereGrid:
         )
 
 
+def grid_name(n_lat: int, n_lon: int) -> str:
+    """How messages name a grid: rows by columns, and WeatherBench2's NLONxNLAT."""
+    return f"{n_lat} x {n_lon} (latitudes x longitudes; {n_lon}x{n_lat} as WeatherBench2 names it)"
+
+
 def check_inputs(x: jax.Array, c_noise: jax.Array, grid: SphereGrid) -> None:
     """Raise ValueError unless x is [batch, lat, lon, channels] on `grid` and c_noise is [batch]."""
     n_lat, n_lon = grid.shape
@@ -130,29 +176,31 @@ def check_inputs(x: jax.Array, c_noise: jax.Array, grid: SphereGrid) -> None:
 
 
 def pad_latitude_over_poles(
-    x: ArrayT, south: int, north: int, grid_poles: tuple[bool, bool] = (False, False)
+    x: ArrayT, south: int, north: int, grid_poles: tuple[int, int] = (False, False)
 ) -> ArrayT:
     """Add `south` rows before row 0 and `north` rows after the last row, continuing over the poles.
 
     x: [batch, lat, lon, channels], latitude ascending, lon even and evenly spaced. The row k
-    places beyond a pole is the row k places before it (k-1 if that pole is itself a row, given by
-    `grid_poles` = (south_pole_row, north_pole_row)) rolled by half the longitudes: the meridian
-    through the pole continues on the opposite side. Exact for scalar fields; the sign flip of
-    vector components over the pole is left for the network to learn. Works on numpy arrays too
-    (for constant fields such as cell positions).
+    places beyond a pole is the row k places before it, rolled by half the longitudes: the
+    meridian through the pole continues on the opposite side. `grid_poles` = (south, north) says
+    how many edge rows each pole skips first: 1 (True) where the edge row lies on the pole (it is
+    its own mirror), 0 (False) where the pole lies beyond it; the U-Net's coarse levels, whose
+    rows need not sit symmetrically about a pole, may skip more (`weather.model.convnet`).
+    Exact for scalar fields; the sign flip of vector components over the pole is left for the
+    network to learn. Works on numpy arrays too (for constant fields such as cell positions).
     """
     xp: Any = np if isinstance(x, np.ndarray) else jnp
     n_lat, n_lon = x.shape[1], x.shape[2]
     parts = []
     if south:
-        first = 1 if grid_poles[0] else 0
+        first = int(grid_poles[0])
         if first + south > n_lat:
             raise ValueError(f"cannot pad {south} rows over the south pole of {n_lat} rows")
         rows = x[:, first : first + south][:, ::-1]
         parts.append(xp.roll(rows, n_lon // 2, axis=2))
     parts.append(x)
     if north:
-        last = n_lat - (2 if grid_poles[1] else 1)
+        last = n_lat - 1 - int(grid_poles[1])
         if last - north + 1 < 0:
             raise ValueError(f"cannot pad {north} rows over the north pole of {n_lat} rows")
         rows = x[:, last - north + 1 : last + 1][:, ::-1]
@@ -175,7 +223,7 @@ def pad_longitude_periodic(x: jax.Array, west: int, east: int) -> jax.Array:
 
 
 def pad_sphere(
-    x: jax.Array, lat_pad: int, lon_pad: int, grid_poles: tuple[bool, bool] = (False, False)
+    x: jax.Array, lat_pad: int, lon_pad: int, grid_poles: tuple[int, int] = (False, False)
 ) -> jax.Array:
     """Halo of `lat_pad` rows over each pole and `lon_pad` periodic columns on each side.
 

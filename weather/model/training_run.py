@@ -27,7 +27,7 @@ import xarray as xr
 
 from weather.data.location import exists
 from weather.data.reader import Source, StorageOptions, load_in_place, open_archive, open_archives
-from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig
+from weather.model.backbone import SphereTransformerConfig, SphereUNetConfig, check_grid
 from weather.model.denoiser import ModelConfig
 from weather.model.edm import TrainingNoise
 from weather.model.layers import ComputeDtype
@@ -266,8 +266,9 @@ def run_training(run: TrainingRun) -> Path:
     else:
         model_config = run.architecture.model_config(train_ds, source=sources)
     task = model_config.task
-    # Every archive must hold the model's fields: one message naming all that is missing,
-    # before anything is loaded.
+    # A grid the backbone cannot run on, and every field an archive lacks: one message each,
+    # before anything is loaded or any statistics are computed.
+    check_grid(model_config.backbone, train_ds["latitude"].values, train_ds["longitude"].values)
     check_archive(task, train_ds, sources)
     if val_ds is not None:
         check_archive(task, val_ds, str(run.validation_archive))

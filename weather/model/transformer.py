@@ -53,6 +53,7 @@ from weather.model.layers import (
     check_choice,
     check_inputs,
     check_positive,
+    grid_name,
     multi_head_attention,
     pad_latitude_over_poles,
 )
@@ -140,17 +141,35 @@ class SphereTransformerConfig:
 
 
 def patch_layout(grid: SphereGrid, config: SphereTransformerConfig) -> tuple[int, int, int, int]:
-    """(token rows Hp, token columns Wp, rows padded south, rows padded north) for this grid."""
+    """(token rows Hp, token columns Wp, rows padded south, rows padded north) for this grid.
+
+    Raises:
+      ValueError: naming the grid and what the config supports, when patch_size does not divide
+        the longitude count or the rows are too few to pad over the poles.
+    """
     n_lat, n_lon = grid.shape
     p = config.patch_size
     if n_lon % p:
-        raise ValueError(f"longitude count {n_lon} must be divisible by patch_size {p}")
+        raise ValueError(
+            f"grid {grid_name(n_lat, n_lon)}: the longitude count {n_lon} must be divisible by "
+            f"patch_size {p} (the transformer's patch side); choose a patch size that divides it, "
+            "or another grid"
+        )
     rows_multiple = p * (config.attention_window_rows or 1)
     padded = math.ceil(n_lat / rows_multiple) * rows_multiple
     south = (padded - n_lat) // 2
     north = padded - n_lat - south
     if max(south, north) > n_lat - 2:
-        raise ValueError(f"grid of {n_lat} rows is too small to pad to {padded} rows")
+        window = (
+            f" x attention_window_rows {config.attention_window_rows}"
+            if config.attention_window_rows
+            else ""
+        )
+        raise ValueError(
+            f"grid {grid_name(n_lat, n_lon)}: the transformer pads the latitudes to a multiple "
+            f"of patch_size {p}{window} = {rows_multiple} ({padded} rows), which needs at least "
+            f"{max(south, north) + 2} rows; choose a smaller patch or window, or more latitudes"
+        )
     return padded // p, n_lon // p, south, north
 
 
