@@ -7,6 +7,7 @@
 #   scripts/train_checkpoint.sh ship       # export the inference-only checkpoint
 #   scripts/train_checkpoint.sh long       # issue 13: train on from the shipped model (one core)
 #   scripts/train_checkpoint.sh lever NAME ARGS...   # the same with a lever, e.g. --input-noise 0.02
+#       or --rollout-inputs 2 --rollout-depth 2 (both inputs the model's own, as in a rollout)
 #
 # The bake-off runs the two candidates at the same time, each pinned to one core with XLA
 # single-threaded, so they see the same machine: their losses at equal wall-clock time are the

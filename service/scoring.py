@@ -28,6 +28,7 @@ import xarray as xr
 from service.catalog import ModelInfo
 from service.results import Subset
 from service.schemas import JobRequest
+from weather.data.variables import CATALOGUE
 from weather.scoring import metrics
 from weather.scoring.regions import GLOBAL, REGIONS, Region
 
@@ -93,7 +94,9 @@ def score_job(
         # The worker checked that the archive's grid is the model's: share exact coordinates.
         truth = truth.assign_coords(latitude=forecast.latitude, longitude=forecast.longitude)
         tr = _fields(truth.drop_vars("valid_time").load(), pairs)
-        skipna = False
+        # Sea-surface temperature is NaN over land in forecast and truth alike: averaged where
+        # it is defined. Every other field is finite (the reader refuses NaN in the truth).
+        skipna = any(name in CATALOGUE and CATALOGUE[name].undefined_somewhere for name in names)
         if request.region is not None:
             # Area weights come from the whole grid (a region's edge rows are not polar caps):
             # pad the region to every latitude with NaN and leave NaN out of the averages.

@@ -61,6 +61,79 @@ def synthetic_archive(
     return ds
 
 
+def gencast_archive(
+    n_lat: int = 17,
+    n_lon: int = 32,
+    days: float = 6,
+    start: str = "2016-01-01",
+    seed: int = 0,
+    step_hours: int = 6,
+) -> xr.Dataset:
+    """A WeatherBench2-layout archive with GenCast's variable set on a grid with pole rows
+    (``n_lat`` odd, latitude ascending from -90 as WB2's 240x121), 6-hourly, in physical units:
+    six level variables on `LEVELS`, six surface ones (sea-surface temperature NaN over land,
+    12 h precipitation >= 0 and zero over a third of the globe), the stored solar radiation that
+    models compute instead, and the two static fields. Travelling waves plus noise, so that
+    12 h differences are not zero (``step_hours`` apart)."""
+    from weather.data import solar
+    from weather.data.variables import CATALOGUE
+
+    rng = np.random.default_rng(seed)
+    lat = np.linspace(-90.0, 90.0, n_lat)
+    lon = np.arange(n_lon) * 360.0 / n_lon
+    n_t = int(days * 24 / step_hours)
+    time = np.datetime64(start, "ns") + np.timedelta64(step_hours, "h") * np.arange(n_t)
+    t = np.arange(n_t)[:, None, None] * step_hours / 24  # days
+    phi, lam = np.deg2rad(lat)[None, :, None], np.deg2rad(lon)[None, None, :]
+    wave = np.cos(3 * lam - 0.6 * t) * np.cos(phi) ** 2 + 0.5 * np.sin(2 * lam + 0.3 * t) * np.cos(
+        phi
+    )
+
+    def field(mean: float, amp: float) -> np.ndarray:  # [time, lat, lon]
+        return mean + amp * (wave + 0.1 * rng.standard_normal((n_t, n_lat, n_lon)))
+
+    levels = {  # name: (mean, amplitude) at 500 and 850 hPa
+        "geopotential": ((5.5e4, 800.0), (1.4e4, 500.0)),
+        "temperature": ((255.0, 8.0), (280.0, 10.0)),
+        "u_component_of_wind": ((15.0, 10.0), (5.0, 6.0)),
+        "v_component_of_wind": ((0.0, 8.0), (0.0, 5.0)),
+        "vertical_velocity": ((0.0, 0.2), (0.0, 0.3)),
+        "specific_humidity": ((1e-3, 4e-4), (5e-3, 2e-3)),
+    }
+    dims = ("time", "level", "latitude", "longitude")
+    data = {
+        name: (dims, np.stack([field(*p) for p in per_level], 1).astype("f4"))
+        for name, per_level in levels.items()
+    }
+    land = (np.cos(phi[0]) * np.sin(2 * lam[0]) > 0.3) & (np.abs(lat)[:, None] < 80)
+    surface = {
+        "mean_sea_level_pressure": field(1.013e5, 900.0),
+        "2m_temperature": field(285.0, 12.0),
+        "10m_u_component_of_wind": field(2.0, 5.0),
+        "10m_v_component_of_wind": field(0.0, 4.0),
+        "sea_surface_temperature": np.where(land, np.nan, field(290.0, 3.0)),
+        "total_precipitation_12hr": np.maximum(field(2e-3, 3e-3), 0.0),
+        "toa_incident_solar_radiation": solar.toa_incident_solar_radiation(time, lat, lon),
+    }
+    for name, value in surface.items():
+        data[name] = (dims[:1] + dims[2:], value.astype("f4"))
+    zs = 9.8 * 2000 * np.where(land, np.cos(phi[0]) * np.sin(2 * lam[0]), 0.0)
+    data["geopotential_at_surface"] = (dims[2:], zs.astype("f4"))
+    data["land_sea_mask"] = (dims[2:], land.astype("f4"))
+    ds = xr.Dataset(
+        data,
+        coords={
+            "time": time,
+            "level": np.asarray(LEVELS, np.int64),
+            "latitude": lat,
+            "longitude": lon,
+        },
+    )
+    for name in ds.data_vars:
+        ds[name].attrs["units"] = CATALOGUE[str(name)].units
+    return ds
+
+
 SIMULATED_TRUTH = dict(resolution="T21", layers=8, dt_minutes=60, output_hours=12, spinup_days=0)
 SIMULATED_START = np.datetime64("2001-03-01T00", "ns")
 

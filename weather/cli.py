@@ -321,6 +321,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(static ones become static inputs; default: every catalogue variable the archive holds)",
     )
     p.add_argument("--levels", help="comma-separated model levels (default: all archive levels)")
+    p.add_argument(
+        "--forcings",
+        help="comma-separated computed forcings among year_progress, day_progress, "
+        "toa_incident_solar_radiation (default: all three; on a simulated archive, whose "
+        "atmosphere has no sun, the first two)",
+    )
     p.add_argument("--noise", choices=["spherical", "iid"], default="spherical")
     p.add_argument(
         "--training-noise",
@@ -416,6 +422,7 @@ def _train(args: argparse.Namespace) -> int:
         unet_channels=_integers(channels, "--unet-channels"),
         variables=tuple(n.strip() for n in args.variables.split(",")) if args.variables else None,
         levels=_integers(args.levels, "--levels"),
+        forcings=tuple(n.strip() for n in args.forcings.split(",")) if args.forcings else None,
         noise=args.noise,
         training_noise=args.training_noise,
         compute_dtype=args.compute_dtype,

@@ -101,12 +101,13 @@ def trained(store, tmp_path_factory) -> Trained:
 def test_train_builds_the_model_and_schedule_from_the_options(trained):
     from weather.model.backbone import SphereTransformerConfig
     from weather.model.denoiser import ModelConfig
-    from weather.model.task import TaskConfig
+    from weather.model.task import GENCAST_FORCINGS, TaskConfig
     from weather.model.train import TrainConfig
 
     configs = load_checkpoint(trained.run / "checkpoint.msgpack")["configs"]
     model = ModelConfig(
-        task=TaskConfig(levels=(850,)),
+        # The test store is not our simulator's: GenCast's forcings, solar radiation included.
+        task=TaskConfig(levels=(850,), forcings=GENCAST_FORCINGS),
         backbone=SphereTransformerConfig(patch_size=2, d_model=32, num_layers=1, num_heads=2),
         noise="iid",
     )
@@ -343,7 +344,14 @@ def test_train_models_the_variables_asked_for_and_refuses_what_the_archive_lacks
     from weather.model.task import TaskConfig
 
     run = tmp_path / "run"
-    args = train_args(store, run, "--variables", "surface_pressure, temperature")
+    args = train_args(
+        store,
+        run,
+        "--variables",
+        "surface_pressure, temperature",
+        "--forcings",
+        "day_progress,year_progress",
+    )
     args[args.index("--steps") + 1] = "1"
     assert main(args) == 0
     task = load_checkpoint(run / "checkpoint.msgpack")["configs"]["model"]["task"]
@@ -352,6 +360,7 @@ def test_train_models_the_variables_asked_for_and_refuses_what_the_archive_lacks
         surface_variables=("surface_pressure",),
         static_variables=(),
         levels=(850,),
+        forcings=("year_progress", "day_progress"),
     )
     assert TaskConfig.from_dict(task) == want
     capsys.readouterr()

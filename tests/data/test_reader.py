@@ -98,7 +98,7 @@ def arco_layout() -> tuple[xr.Dataset, xr.Dataset]:
     """ARCO-ERA5: latitude 90..-90 with pole rows, plus fields outside the catalogue."""
     ref = reference(WITH_POLES)
     raw = ref.isel(latitude=slice(None, None, -1))
-    raw["sea_surface_temperature"] = raw["2m_temperature"] + 1.0
+    raw["sea_ice_cover"] = raw["2m_temperature"] * 0.0
     return raw, ref
 
 
@@ -550,3 +550,19 @@ def test_load_in_place_equals_load_and_returns_numpy(tmp_path: Path):
     loaded = reader.load_in_place(lazy)
     xr.testing.assert_identical(loaded, lazy.load())
     assert all(isinstance(v.data, np.ndarray) for v in loaded.variables.values())
+
+
+def test_precipitation_in_metres_is_kept_and_in_millimetres_converted():
+    """ "m" is both precipitation's own unit and a geopotential height (converted with g):
+    a field already in its catalogue units is left alone whatever the table would do."""
+    ref = reference()
+    rain = (ref["2m_temperature"] * 0 + 2e-3).astype(np.float32)  # 2 mm in m
+    for units, values in (("m", rain), ("mm", rain * 1000.0)):
+        raw = ref.assign(
+            total_precipitation_12hr=values.assign_attrs(units=units),
+            toa_incident_solar_radiation=(rain * 1e9).assign_attrs(units="J m**-2"),
+        )
+        got = reader.canonicalize(raw)
+        np.testing.assert_allclose(got["total_precipitation_12hr"], rain, rtol=1e-6)
+        assert got["total_precipitation_12hr"].attrs["units"] == "m"
+        assert got["toa_incident_solar_radiation"].attrs["units"] == "J m-2"

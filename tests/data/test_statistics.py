@@ -273,3 +273,42 @@ def test_errors_name_the_culprit(change: str | None, kwargs: dict, match: str) -
     args: dict = {"variables": ["temperature"], "start": START, "end": "2000-01-08"} | kwargs
     with pytest.raises(ArchiveError, match=match):
         statistics.compute_statistics(ds, **args)
+
+
+def test_sea_surface_temperature_is_described_where_it_is_defined() -> None:
+    """SST is NaN over land (ERA5 stores it so): its statistics are those of the sea points,
+    each weighted by its cell area (brute force over the defined points only); a NaN in any
+    other field is still refused."""
+    ds = random_archive()
+    rng = np.random.default_rng(1)
+    land = rng.random((ds.sizes["latitude"], ds.sizes["longitude"])) < 0.3
+    sst = 290.0 + 3.0 * rng.standard_normal((ds.sizes["time"], *land.shape))
+    sst[:, land] = np.nan
+    ds["sea_surface_temperature"] = (("time", "latitude", "longitude"), sst.astype(np.float32))
+    start, end = START, START + np.timedelta64(7 * 24, "h")
+    stats = statistics.compute_statistics(ds, ["sea_surface_temperature"], start=start, end=end)
+    times = ds["time"].values
+    inside = np.flatnonzero((times >= start) & (times <= end))
+    x = ds["sea_surface_temperature"].values.astype(np.float64)
+    w = np.broadcast_to(cell_area_weights(ds["latitude"].values)[:, None], land.shape)
+    sea = w * ~land
+
+    def mean_std(a: np.ndarray) -> tuple[float, float]:
+        filled = np.nan_to_num(a)
+        m = (filled * sea).sum() / (sea.sum() * len(a))
+        return m, np.sqrt((np.nan_to_num(a - m) ** 2 * sea).sum() / (sea.sum() * len(a)))
+
+    mean, std = mean_std(x[inside])
+    pairs = [
+        (i, j) for i in inside for j in inside if times[j] - times[i] == np.timedelta64(12, "h")
+    ]
+    diffs = np.stack([x[j] - x[i] for i, j in pairs])
+    d_mean = (np.nan_to_num(diffs) * sea).sum() / (sea.sum() * len(diffs))
+    diff_std = np.sqrt((np.nan_to_num(diffs - d_mean) ** 2 * sea).sum() / (sea.sum() * len(diffs)))
+    # One-pass shifted moments against two-pass ones, float64 (as the other brute-force tests).
+    np.testing.assert_allclose(stats["sea_surface_temperature_mean"], mean, rtol=1e-11)
+    np.testing.assert_allclose(stats["sea_surface_temperature_std"], std, rtol=1e-9)
+    np.testing.assert_allclose(stats["sea_surface_temperature_diff_std"], diff_std, rtol=1e-9)
+    ds["temperature"][3, 0, 2, 2] = np.nan
+    with pytest.raises(ArchiveError, match="variable 'temperature' has NaN"):
+        statistics.compute_statistics(ds, ["temperature"], start=start, end=end)

@@ -30,9 +30,9 @@ def model(archive, statistics):  # type: ignore[no-untyped-def]
 
 
 def _forcings(times: np.ndarray, fc) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Forcings of steps starting at ``times`` ``[k]``: ``[k, H, W, 8]``."""
+    """Forcings of steps starting at ``times`` ``[k]``: ``[k, H, W, F]``."""
     pairs = np.stack([times, times + STEP], axis=-1)
-    return forcing_channels(pairs, fc.longitude, fc.latitude.size)
+    return forcing_channels(fc.task, pairs, fc.longitude, fc.latitude)
 
 
 @pytest.mark.parametrize("spec", [None, "2s:20,spread_scale=1", "2m:6", "2s:4,s_churn=2"])

@@ -7,9 +7,11 @@ import pytest
 import xarray as xr
 
 from weather.data import forcings as forcings_lib
+from weather.data import solar
 from weather.data.errors import ArchiveError
 from weather.data.grid import equiangular_grid
 from weather.model.task import (
+    GENCAST_FORCINGS,
     Normalization,
     TaskConfig,
     channel_weights,
@@ -81,7 +83,8 @@ def test_weights_follow_the_pressure_formula():
 def test_forcing_channels_match_the_forcings_module():
     t = np.array(["2001-06-01T00", "2001-06-01T12"], dtype="datetime64[ns]")
     lon = np.array([0.0, 90.0, 180.0])
-    f = forcing_channels(t[None], lon, n_lat=4)
+    lat = np.array([-45.0, 0.0, 30.0, 60.0])
+    f = forcing_channels(TaskConfig(), t[None], lon, lat)
     assert f.shape == (1, 4, 3, 8)
     ref = forcings_lib.forcings(t, lon)
     for i in range(2):
@@ -91,19 +94,53 @@ def test_forcing_channels_match_the_forcings_module():
     assert f[0, 0, 0, 7] == pytest.approx(np.cos(np.pi), abs=1e-6)
 
 
+def test_solar_radiation_is_the_12_hour_integral_in_units_of_tsi_times_12_hours():
+    """With GenCast's forcings each time gets 5 channels: the 4 time features as before, then
+    the TOA incident solar radiation of the 12 h ending at it, over TSI x 12 h."""
+    t = np.array(["2001-06-21T00", "2001-06-21T12"], dtype="datetime64[ns]")
+    lon = np.array([0.0, 90.0, 180.0, 270.0])
+    lat = np.array([-89.0, -30.0, 0.0, 45.0, 90.0])
+    task = TaskConfig(forcings=GENCAST_FORCINGS)
+    f = forcing_channels(task, t[None], lon, lat)
+    assert task.n_forcing == f.shape[-1] == 10
+    time_only = forcing_channels(TaskConfig(), t[None], lon, lat)
+    np.testing.assert_array_equal(f[..., [0, 1, 2, 3, 5, 6, 7, 8]], time_only)
+    energy = solar.toa_incident_solar_radiation(t, lat, lon, period=np.timedelta64(12, "h"))
+    for i in range(2):
+        want = energy[i] / (solar.TSI * 43200.0)
+        np.testing.assert_allclose(f[0, ..., 5 * i + 4], want, rtol=1e-6)  # float32 rounding
+    # At the June solstice the north pole is lit all day: 12 h at cos Z = sin(23.44 deg) and
+    # the aphelion distance factor 0.967 give 0.967 x 0.398 = 0.385 of TSI x 12 h; the south
+    # pole gets nothing.
+    np.testing.assert_allclose(f[0, 4, :, 4], 0.3847, atol=2e-3)
+    np.testing.assert_array_equal(f[0, 0, :, [4, 9]], 0.0)
+
+
 def test_forcing_channels_of_a_batch_of_steps_are_those_of_each_step():
-    """Times ``[k, B, 2]`` (as the rollout asks: k steps of B members) give ``[k, B, lat, lon, 8]``,
-    each entry the forcings of its own pair of times."""
+    """Times ``[k, B, 2]`` (as the rollout asks: k steps of B members) give ``[k, B, lat, lon,
+    F]``, each entry the forcings of its own pair of times."""
     base = np.datetime64("2001-06-01T00", "ns")
     step = np.timedelta64(12, "h")
     t0 = base + step * np.arange(6).reshape(2, 3) + np.timedelta64(1, "h") * np.arange(3)
     pairs = np.stack([t0, t0 + step], axis=-1)  # [2, 3, 2]
     lon = np.array([0.0, 120.0, 240.0, 300.0])
-    f = forcing_channels(pairs, lon, n_lat=2)
-    assert f.shape == (2, 3, 2, 4, 8)
-    for i in range(2):
-        for j in range(3):
-            np.testing.assert_array_equal(f[i, j], forcing_channels(pairs[i, j][None], lon, 2)[0])
+    lat = np.array([-30.0, 60.0])
+    for task in (TaskConfig(), TaskConfig(forcings=GENCAST_FORCINGS)):
+        f = forcing_channels(task, pairs, lon, lat)
+        assert f.shape == (2, 3, 2, 4, task.n_forcing)
+        for i in range(2):
+            for j in range(3):
+                one = forcing_channels(task, pairs[i, j][None], lon, lat)[0]
+                np.testing.assert_array_equal(f[i, j], one)
+
+
+def test_a_task_refuses_unknown_or_reordered_forcings():
+    with pytest.raises(ValueError, match=r"forcings: \['sunshine'\] unknown"):
+        TaskConfig(forcings=("year_progress", "sunshine"))
+    with pytest.raises(ValueError, match=r"forcings: .* in the order"):
+        TaskConfig(forcings=("day_progress", "year_progress"))
+    with pytest.raises(ValueError, match=r"forcings: .* distinct"):
+        TaskConfig(forcings=("day_progress", "day_progress"))
 
 
 def test_conditioning_channels_count_both_states_forcings_and_statics():
@@ -116,6 +153,8 @@ def test_conditioning_channels_count_both_states_forcings_and_statics():
     )
     assert (task.n_state, task.n_static, task.n_conditioning) == (5, 2, 20)
     assert dataclasses.replace(task, static_variables=()).n_conditioning == 18
+    # Solar radiation adds one channel at each of the two times.
+    assert dataclasses.replace(task, forcings=GENCAST_FORCINGS).n_conditioning == 22
 
 
 def test_config_round_trip_and_validation():
@@ -144,7 +183,21 @@ def _archive(names: list[str], levels: list[int] = [500, 850]) -> xr.Dataset:  #
 
 def test_the_default_task_is_what_the_archive_holds_in_catalogue_order(archive):
     # The simulated archive gives exactly the default task, channel layout included.
-    assert choose_task(archive) == TaskConfig(levels=tuple(int(x) for x in archive["level"].values))
+    simulated = archive.assign_attrs(simulation_config="{}")
+    default = TaskConfig(levels=tuple(int(x) for x in archive["level"].values))
+    assert choose_task(simulated) == default
+    # Any other archive gets GenCast's forcings, solar radiation included, unless told.
+    assert choose_task(archive) == dataclasses.replace(default, forcings=GENCAST_FORCINGS)
+    chosen = choose_task(archive, forcings=["toa_incident_solar_radiation", "year_progress"])
+    assert chosen.forcings == ("year_progress", "toa_incident_solar_radiation")
+    for bad in (["sunshine"], ["day_progress", "day_progress"]):
+        with pytest.raises(ValueError, match="--forcings"):
+            choose_task(archive, forcings=bad)
+    # A stored forcing or diagnostic is not modelled: TISR is computed, never read.
+    stored = archive.assign(toa_incident_solar_radiation=archive["surface_pressure"])
+    assert choose_task(stored) == choose_task(archive)
+    with pytest.raises(ValueError, match="are forcings, computed"):
+        choose_task(stored, variables=["toa_incident_solar_radiation", "temperature"])
     # Whatever the archive's order, the catalogue's: GenCast-like fields with a mask and no winds.
     ds = _archive(["2m_temperature", "land_sea_mask", "specific_humidity", "geopotential"])
     task = choose_task(ds)

@@ -275,7 +275,9 @@ def test_rollout_depth_2_makes_both_inputs_the_ema_models_own_chained_forecasts(
     for i, ti in enumerate(t):
         field = archive["temperature"].sel(time=ti - 3 * STEP, level=level).values
         np.testing.assert_array_equal(arrays["earliest"][i, ..., channel], field)
-    want_forcings = forcing_channels(np.stack([t - 2 * STEP, t - STEP], -1), lon, lat.size)
+    want_forcings = forcing_channels(
+        forecaster.task, np.stack([t - 2 * STEP, t - STEP], -1), lon, lat
+    )
     np.testing.assert_array_equal(arrays["earliest_forcings"], want_forcings)
 
     static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster.task)))

@@ -85,6 +85,9 @@ _UNITS: dict[str, tuple[str, float, float]] = {
     # "(0 - 1)" is cfgrib's spelling for fractions such as the land-sea mask.
     **dict.fromkeys(("1", "", "(0-1)", "dimensionless", "fraction"), ("1", 1.0, 0.0)),
     "%": ("1", 0.01, 0.0),
+    # Precipitation (m of water) given in mm; accumulated energy (solar radiation).
+    "mm": ("m", 1e-3, 0.0),
+    "jm-2": ("J m-2", 1.0, 0.0),
 }
 
 
@@ -703,6 +706,10 @@ def _to_canonical_units(da: xr.DataArray, name: str, units: str) -> xr.DataArray
         return da
     key = str(given).lower().replace("**", "").replace("^", "").replace(" ", "")
     key = key.replace("/s2", "s-2").replace("/s", "s-1").replace("/kg", "kg-1").replace("/h", "h-1")
+    if key == units.lower().replace(" ", ""):
+        # Already the catalogue's units (first: "m" is precipitation's own unit, and also a
+        # geopotential height that the table converts).
+        return da
     target, scale, offset = _UNITS.get(key, (None, 1.0, 0.0))
     if target is None:
         raise ArchiveError(
@@ -733,10 +740,22 @@ def _select_levels(ds: xr.Dataset, levels: Iterable[float]) -> xr.Dataset:
 
 
 def _check_finite(window: xr.Dataset) -> None:
-    """Raises if any variable of ``window`` has NaN or inf, computing all variables in one pass."""
+    """Raises if any variable of ``window`` has NaN or inf, computing all variables in one pass.
+
+    A field the catalogue marks ``undefined_somewhere`` (sea-surface temperature, NaN over
+    land) may hold NaN; an infinity is still an error. Whether its NaNs are where a model
+    expects them is the model's to check (`weather.forecast.run`).
+    """
+
+    def bad_values(name: Hashable, da: xr.DataArray) -> xr.DataArray:
+        entry = catalogue.CATALOGUE.get(str(name))
+        if entry is not None and entry.undefined_somewhere:
+            return xr.ufuncs.isinf(da)
+        return ~xr.ufuncs.isfinite(da)
+
     bad = xr.Dataset(
         {
-            name: (~xr.ufuncs.isfinite(da)).any([d for d in da.dims if d != "time"])
+            name: bad_values(name, da).any([d for d in da.dims if d != "time"])
             for name, da in window.data_vars.items()
         }
     ).compute()

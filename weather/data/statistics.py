@@ -14,7 +14,9 @@ times ``t`` in ``[start, end]``, latitudes and longitudes, and separately for ea
 - ``diff_std``: the same std of ``d = x(t + 12h) - x(t)`` over the pairs with both times in
   ``[start, end]`` and in the archive (centred on the mean of ``d``).
 
-Static fields (no time) get ``mean`` and ``std`` over latitude and longitude only.
+Static fields (no time) get ``mean`` and ``std`` over latitude and longitude only. A field the
+catalogue marks ``undefined_somewhere`` (sea-surface temperature, NaN over land) is described
+where it is defined: its sums and weights skip its NaNs. Any other NaN is an error.
 
 Area weighting is the default because the training loss is area-weighted (DESIGN: Model): on a
 regular latitude-longitude grid unweighted statistics count the few square kilometres near the
@@ -50,6 +52,7 @@ from weather.data.errors import ArchiveError
 from weather.data.grid import cell_area_weights
 from weather.data.times import STEP, TimeLike, to_datetime64
 from weather.data.times import time_step as archive_step
+from weather.data.variables import CATALOGUE
 from weather.data.windows import canonical_field, lead_pairs
 
 STATISTICS_VERSION = 1
@@ -73,7 +76,7 @@ def _lazy(da: xr.DataArray) -> xr.DataArray:
 
 
 def _weighted_moments(
-    x: xr.DataArray, weights: xr.DataArray, shift: xr.DataArray | float
+    x: xr.DataArray, weights: xr.DataArray, shift: xr.DataArray | float, skipna: bool = False
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Lazy ``sum w (x - shift)`` and ``sum w (x - shift)^2`` over every dim except ``level``.
 
@@ -84,11 +87,20 @@ def _weighted_moments(
     """
     dims = [d for d in x.dims if d != "level"]
     centred = x.astype(np.float64) - shift
+    if skipna:  # a field undefined somewhere: its NaNs add nothing (see `_valid_weight`)
+        centred = centred.fillna(0.0)
     # skipna=False: xarray would otherwise silently drop NaNs that the archive must not have.
     return (
         (centred * weights).sum(dims, skipna=False),
         (centred * centred * weights).sum(dims, skipna=False),
     )
+
+
+def _valid_weight(x: xr.DataArray, weights: xr.DataArray) -> xr.DataArray:
+    """Lazy ``sum w`` over the points where ``x`` is defined, per level: the count that the
+    moments of a field undefined somewhere (sea-surface temperature over land) divide by."""
+    dims = [d for d in x.dims if d != "level"]
+    return (x.notnull() * weights).sum(dims)
 
 
 def _floor(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -183,7 +195,11 @@ def compute_statistics(
 
     # Everything below is lazy; the single compute reads each chunk once for all variables.
     lazy: dict[str, xr.DataArray] = {}
+    # Fields that the catalogue says are undefined somewhere (NaN over land) are described
+    # where they are defined; a NaN anywhere else is an error (below).
+    partial = {n for n in names if n in CATALOGUE and CATALOGUE[n].undefined_somewhere}
     for name, da in fields.items():
+        skip = name in partial
         whole = _lazy(da)
         x = whole
         if "time" in x.dims:
@@ -191,27 +207,33 @@ def compute_statistics(
             x = _isel_time(whole, period)
             # Any value close to the mean works as a shift; the first time's spatial mean is one
             # chunk away. It enters the graph as a tiny dask array, computed before the sums.
-            shift = x.isel(time=0).astype(np.float64).mean(SPATIAL_DIMS, skipna=False)
+            shift = x.isel(time=0).astype(np.float64).mean(SPATIAL_DIMS, skipna=skip)
             later = _isel_time(whole, pairs[:, 1]).astype(np.float64)
             earlier = _isel_time(whole, pairs[:, 0]).astype(np.float64)
             lazy[f"{name}__d1"], lazy[f"{name}__d2"] = _weighted_moments(
-                later - earlier, weights, 0.0
+                later - earlier, weights, 0.0, skip
             )
+            if skip:
+                lazy[f"{name}__wd"] = _valid_weight(later - earlier, weights)
         else:
-            shift = x.astype(np.float64).mean(SPATIAL_DIMS, skipna=False)
+            shift = x.astype(np.float64).mean(SPATIAL_DIMS, skipna=skip)
         lazy[f"{name}__shift"] = shift
-        lazy[f"{name}__s1"], lazy[f"{name}__s2"] = _weighted_moments(x, weights, shift)
+        lazy[f"{name}__s1"], lazy[f"{name}__s2"] = _weighted_moments(x, weights, shift, skip)
+        if skip:
+            lazy[f"{name}__w"] = _valid_weight(x, weights)
     sums = xr.Dataset(lazy).compute()
 
     out = xr.Dataset()
     for name, da in fields.items():
-        count = area * (period.size if "time" in da.dims else 1)
+        count: xr.DataArray | float = area * (period.size if "time" in da.dims else 1)
+        if name in partial:
+            count = sums[f"{name}__w"]
         s1, s2 = sums[f"{name}__s1"] / count, sums[f"{name}__s2"] / count
         mean = sums[f"{name}__shift"] + s1
         std = (s2 - s1 * s1).clip(min=0.0) ** 0.5
         stats: dict[str, xr.DataArray] = {"mean": mean, "std": std}
         if "time" in da.dims:
-            count = area * len(pairs)
+            count = sums[f"{name}__wd"] if name in partial else area * len(pairs)
             d1, d2 = sums[f"{name}__d1"] / count, sums[f"{name}__d2"] / count
             stats["diff_std"] = (d2 - d1 * d1).clip(min=0.0) ** 0.5
         for kind, value in stats.items():

@@ -6,10 +6,21 @@ the canonical one.
 
 Roles (as in GenCast):
 - ``prognostic``: an input at t-12h and t, and a target at t+12h;
+- ``output``: a target only, never an input (``total_precipitation_12hr``: an accumulation
+  over the step just forecast, which the next step does not need);
 - ``static``: a time-invariant input (e.g. ``geopotential_at_surface``);
 - ``forcing``: computed from time and position, never read from the archive
-  (year and day progress as sin/cos);
-- ``diagnostic``: readable and scorable, but not part of the default task.
+  (year and day progress as sin/cos, top-of-atmosphere incident solar radiation);
+- ``diagnostic``: readable and scorable, but not part of a task.
+
+Normalisation (`weather.model.task.Normalization`): every state channel is centred on its
+climatological mean and scaled by its standard deviation as an input; a prognostic target is
+the 12 h residual scaled by the standard deviation of 12 h differences, an output-only target
+the value itself, centred and scaled as an input. Two attributes say what a field's values may
+be: ``lower_bound`` (outputs are clipped there: precipitation and humidity are never negative)
+and ``undefined_somewhere`` (sea-surface temperature is NaN over land: filled with its mean
+where undefined as an input, left out of the loss there, and NaN again in outputs; the mask of
+where it is defined is kept with the model).
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-Role = Literal["prognostic", "static", "forcing", "diagnostic"]
+Role = Literal["prognostic", "output", "static", "forcing", "diagnostic"]
 
 # WeatherBench2's 13 pressure levels (hPa), the layout most ERA5-derived archives use.
 WB2_LEVELS: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
@@ -35,6 +46,9 @@ class Variable:
       standard_name: CF standard name where one exists.
       has_levels: True for fields on pressure levels (dims ``level, latitude, longitude``).
       role: see the module docstring.
+      lower_bound: the smallest physical value (outputs are clipped to it), or None.
+      undefined_somewhere: the field is NaN at fixed places (sea-surface temperature over
+        land); see the module docstring.
     """
 
     name: str
@@ -44,10 +58,14 @@ class Variable:
     standard_name: str | None = None
     has_levels: bool = False
     role: Role = "diagnostic"
+    lower_bound: float | None = None
+    undefined_somewhere: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not self.short_name:
             raise ValueError("a catalogue variable needs a name and a short_name")
+        if self.role == "output" and self.has_levels:
+            raise ValueError(f"{self.name}: output-only fields are single-level")
 
 
 _CATALOGUE: tuple[Variable, ...] = (
@@ -94,7 +112,8 @@ _CATALOGUE: tuple[Variable, ...] = (
         long_name="Specific humidity",
         standard_name="specific_humidity",
         has_levels=True,
-        role="diagnostic",
+        role="prognostic",
+        lower_bound=0.0,
     ),
     Variable(
         name="vertical_velocity",
@@ -103,7 +122,7 @@ _CATALOGUE: tuple[Variable, ...] = (
         long_name="Vertical velocity",
         standard_name="lagrangian_tendency_of_air_pressure",
         has_levels=True,
-        role="diagnostic",
+        role="prognostic",
     ),
     Variable(
         name="surface_pressure",
@@ -119,7 +138,7 @@ _CATALOGUE: tuple[Variable, ...] = (
         units="Pa",
         long_name="Mean sea level pressure",
         standard_name="air_pressure_at_mean_sea_level",
-        role="diagnostic",
+        role="prognostic",
     ),
     Variable(
         name="2m_temperature",
@@ -127,7 +146,7 @@ _CATALOGUE: tuple[Variable, ...] = (
         units="K",
         long_name="2 metre temperature",
         standard_name="air_temperature",
-        role="diagnostic",
+        role="prognostic",
     ),
     Variable(
         name="10m_u_component_of_wind",
@@ -135,7 +154,7 @@ _CATALOGUE: tuple[Variable, ...] = (
         units="m s-1",
         long_name="10 metre U wind component",
         standard_name="eastward_wind",
-        role="diagnostic",
+        role="prognostic",
     ),
     Variable(
         name="10m_v_component_of_wind",
@@ -143,7 +162,34 @@ _CATALOGUE: tuple[Variable, ...] = (
         units="m s-1",
         long_name="10 metre V wind component",
         standard_name="northward_wind",
-        role="diagnostic",
+        role="prognostic",
+    ),
+    Variable(
+        name="sea_surface_temperature",
+        short_name="sst",
+        units="K",
+        long_name="Sea surface temperature",
+        standard_name="sea_surface_temperature",
+        role="prognostic",
+        undefined_somewhere=True,
+    ),
+    Variable(
+        name="total_precipitation_12hr",
+        # No CDS short name: ERA5's `tp` is an hourly accumulation, summed over 12 h here.
+        short_name="tp12",
+        units="m",
+        long_name="Total precipitation over the 12 hours ending at the valid time",
+        standard_name="precipitation_amount",
+        role="output",
+        lower_bound=0.0,
+    ),
+    Variable(
+        name="toa_incident_solar_radiation",
+        short_name="tisr",
+        units="J m-2",
+        long_name="TOA incident solar radiation over the 12 hours ending at the valid time",
+        standard_name="integral_wrt_time_of_toa_incoming_shortwave_flux",
+        role="forcing",
     ),
     Variable(
         name="geopotential_at_surface",
@@ -170,6 +216,8 @@ SHORT_NAMES: dict[str, str] = {v.short_name: v.name for v in _CATALOGUE}
 
 # Forcings are computed, not read: GenCast's time features, as sin/cos pairs.
 # `year_progress_*` depend on time only; `day_progress_*` on time and longitude (local solar time).
+# (`toa_incident_solar_radiation`, the catalogue's computed forcing, depends on latitude too:
+# `weather.data.solar`.)
 FORCINGS: tuple[str, ...] = (
     "year_progress_sin",
     "year_progress_cos",

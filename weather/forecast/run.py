@@ -109,6 +109,18 @@ def initial_states(
     window = select_window(archive[names].sel(level=list(task.levels)), t - STEP, t, step=STEP)
     fields = {n: window[n].values for n in names}
     both = state_to_channels(task, fields)  # [2, H, W, C]
+    # A field undefined somewhere (sea-surface temperature) may be NaN only where the model
+    # knows it is (over its training archive's land); an input NaN elsewhere would spread.
+    valid = forecaster.normalization.valid
+    if valid is not None:
+        stray = np.isnan(both) & valid & task.input_mask()
+        if stray.any():
+            channel = task.channel_names()[int(np.nonzero(stray.any(axis=(0, 1, 2)))[0][0])]
+            raise ArchiveError(
+                f"variable {channel!r}: NaN at {int(stray.sum())} point(s) of the analysis at "
+                f"{np.datetime_as_string(t, unit='m')} where the model's training archive had "
+                "values (another land-sea mask?)"
+            )
     return both[0], both[1], static_channels(archive, forecaster.task)
 
 

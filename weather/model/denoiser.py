@@ -137,6 +137,22 @@ class Forecaster:
         self._diff_std = jnp.asarray(n.diff_std)
         self._static_mean = jnp.asarray(n.static_mean)
         self._static_std = jnp.asarray(n.static_std)
+        # Prognostic channels are predicted as 12 h residuals of their input; output-only ones
+        # (precipitation, never an input) as values, centred and scaled as inputs are.
+        self._is_input = jnp.asarray(self.task.input_mask())
+        self._baseline_scale = jnp.where(self._is_input, self._diff_std, self._std)
+        self._lower = jnp.asarray(self.task.lower_bounds())
+        self._clip = bool(np.isfinite(self.task.lower_bounds()).any())
+        # Where each channel is defined ([H, W, C]; None: everywhere): sea-surface temperature
+        # is filled with its mean over land as an input, left out of the loss and NaN in outputs.
+        self._valid = None if n.valid is None else jnp.asarray(n.valid)
+        if n.valid is not None:
+            if n.valid.shape != self.shape:
+                raise ValueError(
+                    f"normalization: its mask of defined points is {n.valid.shape}, the model "
+                    f"needs {self.shape} (lat, lon, channel)"
+                )
+            self.weights = self.weights * jnp.asarray(n.valid)
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -182,19 +198,19 @@ class Forecaster:
 
         Args:
           previous, current: states at t-12h and t, physical units ``[B, H, W, C]``.
-          forcings: ``[B, H, W, 8]`` (`weather.model.task.forcing_channels`).
+          forcings: ``[B, H, W, F]`` (`weather.model.task.forcing_channels`).
           static: normalised static fields ``[H, W, S]``.
         """
         b = previous.shape[0]
         static_b = jnp.broadcast_to(static, (b, *static.shape))
+        seen = self._is_input if self._valid is None else self._is_input & self._valid
+
+        def normalized(x: jnp.ndarray) -> jnp.ndarray:
+            # 0 (the mean) where a channel is no input or undefined: a NaN there stays out.
+            return jnp.where(seen, (x - self._mean) / self._std, 0.0)
+
         return jnp.concatenate(
-            [
-                (previous - self._mean) / self._std,
-                (current - self._mean) / self._std,
-                forcings,
-                static_b,
-            ],
-            axis=-1,
+            [normalized(previous), normalized(current), forcings, static_b], axis=-1
         )
 
     def _raw_fn(self, params: Any, cond: jnp.ndarray) -> Callable[..., jnp.ndarray]:
@@ -213,9 +229,16 @@ class Forecaster:
         """D(z; σ): the denoised normalised residual ``[B, H, W, C]`` (σ: ``[B]``)."""
         return edm_lib.denoise(self._raw_fn(params, cond), noisy, sigma, self.config.edm.sigma_data)
 
+    def baseline(self, current: jnp.ndarray) -> jnp.ndarray:
+        """What the model's normalised output is added to ``[B, H, W, C]``: ``x(t)`` for
+        prognostic channels, the climatological mean for output-only ones."""
+        return jnp.where(self._is_input, current, self._mean)
+
     def residual_target(self, current: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-        """Normalised residual ``(x(t+12h) - x(t)) / diff_std``."""
-        return (target - current) / self._diff_std
+        """Normalised residual ``(x(t+12h) - x(t)) / diff_std`` (output-only channels:
+        ``(x(t+12h) - mean) / std``); 0 where a channel is undefined (no loss there)."""
+        y = (target - self.baseline(current)) / self._baseline_scale
+        return y if self._valid is None else jnp.where(self._valid, y, 0.0)
 
     def loss(
         self,
@@ -266,7 +289,8 @@ class Forecaster:
         static: jnp.ndarray,
         sampler: sampler_lib.SamplerConfig | None = None,
     ) -> jnp.ndarray:
-        """x(t+12h) for a batch of members, physical units ``[M, H, W, C]``.
+        """x(t+12h) for a batch of members, physical units ``[M, H, W, C]`` (clipped at the
+        catalogue's lower bounds, NaN where a channel is undefined).
 
         Members are the backbone's batch (one batched call per denoiser evaluation, which is
         several times faster than vmapping the sampler: attention stays batched). Each member's
@@ -276,7 +300,7 @@ class Forecaster:
         Args:
           keys: per-member keys ``[M]`` for this step.
           previous, current: ``[M, H, W, C]`` physical.
-          forcings: ``[H, W, 8]`` shared by all members, or ``[M, H, W, 8]``.
+          forcings: ``[H, W, F]`` shared by all members, or ``[M, H, W, F]``.
           static: normalised static fields ``[H, W, S]``.
         """
         m = previous.shape[0]
@@ -305,8 +329,12 @@ class Forecaster:
             sampler or self.config.sampler,
             noise_fn,
         )
-        out = current + residual * self._diff_std
-        return self.conserved(current, out)
+        out = self.conserved(current, self.baseline(current) + residual * self._baseline_scale)
+        if self._clip:  # precipitation and humidity are never negative
+            out = jnp.maximum(out, self._lower)
+        if self._valid is not None:
+            out = jnp.where(self._valid, out, jnp.nan)
+        return out
 
     def conserved(self, current: jnp.ndarray, nxt: jnp.ndarray) -> jnp.ndarray:
         """``nxt`` ``[M, H, W, C]`` with the global means of `config.conserve`'s channels set to

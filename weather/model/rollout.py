@@ -202,7 +202,7 @@ class Roller:
             # Forcings at (t, t+12h) of each step; computed on the host, tiny.
             t_in = t0 + STEP * np.arange(lo, lo + k)
             times = np.stack([t_in, t_in + STEP], axis=-1)
-            forc = forcing_channels(times, fc.longitude, fc.latitude.size)
+            forc = forcing_channels(fc.task, times, fc.longitude, fc.latitude)
             prev, cur, out = self._chunk(
                 params, keys, prev, cur, jnp.uint32(lo), jnp.asarray(forc), static_n
             )
@@ -330,10 +330,10 @@ class BatchRoller(Roller):
             # Padding repeats member 0: finite inputs whose outputs are dropped.
             return np.concatenate([x, np.repeat(x[:1], pad, axis=0)]) if pad else x
 
-        # Forcings at (t, t+12h) of each member's steps: [k, B, H, W, 8], computed on the host.
+        # Forcings at (t, t+12h) of each member's steps: [k, B, H, W, F], computed on the host.
         t_in = padded(t0)[None, :] + STEP * (padded(step0)[None, :] + np.arange(k)[:, None])
         forc = forcing_channels(
-            np.stack([t_in, t_in + STEP], axis=-1), fc.longitude, fc.latitude.size
+            fc.task, np.stack([t_in, t_in + STEP], axis=-1), fc.longitude, fc.latitude
         )
         _, _, out = self._chunk(
             params,

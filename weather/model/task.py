@@ -22,8 +22,10 @@ import numpy as np
 import xarray as xr
 
 from weather.data import forcings as forcings_lib
+from weather.data import solar
 from weather.data.errors import ArchiveError
 from weather.data.grid import cell_area_weights
+from weather.data.times import STEP
 from weather.data.variables import (
     CATALOGUE,
     FORCINGS,
@@ -33,8 +35,20 @@ from weather.data.variables import (
     WB2_LEVELS,
 )
 
-# Forcing channels: year and day progress as sin/cos, at the input time t and the target time.
-FORCING_CHANNELS = 8
+# Computed forcings a task may use, and their channels at each of the two times (t, t + 12h):
+# year and day progress as sin/cos pairs; top-of-atmosphere incident solar radiation integrated
+# over the 12 h ending at that time (as GenCast gives it), divided by TSI x 12 h so that it lies
+# in [0, ~0.53] (the daily mean's maximum, at a pole at solstice, times the perihelion factor).
+FORCING_FEATURE_CHANNELS: dict[str, int] = {
+    "year_progress": 2,
+    "day_progress": 2,
+    "toa_incident_solar_radiation": 1,
+}
+# Every task before issue 17 (and the simulated archive's, whose atmosphere has no sun: its
+# heating is a zonally symmetric Held-Suarez relaxation with a seasonal cycle) uses these.
+TIME_FORCINGS: tuple[str, ...] = ("year_progress", "day_progress")
+STEP_SECONDS = float(STEP / np.timedelta64(1, "s"))
+GENCAST_FORCINGS: tuple[str, ...] = (*TIME_FORCINGS, "toa_incident_solar_radiation")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,10 +57,12 @@ class TaskConfig:
 
     Attributes:
       level_variables: prognostic fields on pressure levels (canonical names).
-      surface_variables: prognostic single-level fields.
+      surface_variables: predicted single-level fields: prognostic ones are inputs too,
+        output-only ones (catalogue role ``output``, precipitation) targets only.
       static_variables: time-invariant inputs.
       levels: pressure levels (hPa, ascending).
       surface_weight: loss weight of each surface variable relative to the mean level weight.
+      forcings: computed forcings, names of `FORCING_FEATURE_CHANNELS` in that order.
     """
 
     level_variables: tuple[str, ...] = SIMULATED_LEVEL_VARIABLES
@@ -54,6 +70,7 @@ class TaskConfig:
     static_variables: tuple[str, ...] = SIMULATED_STATIC_VARIABLES
     levels: tuple[int, ...] = WB2_LEVELS
     surface_weight: float = 1.0
+    forcings: tuple[str, ...] = TIME_FORCINGS
 
     def __post_init__(self) -> None:
         if not self.level_variables and not self.surface_variables:
@@ -65,6 +82,17 @@ class TaskConfig:
         names = self.level_variables + self.surface_variables + self.static_variables
         if len(set(names)) != len(names):
             raise ValueError(f"variables: a name repeats in {names}")
+        unknown = [f for f in self.forcings if f not in FORCING_FEATURE_CHANNELS]
+        if unknown:
+            raise ValueError(
+                f"forcings: {unknown} unknown; choose among {list(FORCING_FEATURE_CHANNELS)}"
+            )
+        if list(self.forcings) != [f for f in FORCING_FEATURE_CHANNELS if f in self.forcings]:
+            # One order for every task: the channel layout is fixed by the set of names.
+            raise ValueError(
+                f"forcings: {list(self.forcings)} must be distinct and in the order "
+                f"{list(FORCING_FEATURE_CHANNELS)}"
+            )
 
     @property
     def n_state(self) -> int:
@@ -78,12 +106,39 @@ class TaskConfig:
     @property
     def n_conditioning(self) -> int:
         """Channels that condition the denoiser besides the noisy target."""
-        return 2 * self.n_state + FORCING_CHANNELS + self.n_static
+        return 2 * self.n_state + self.n_forcing + self.n_static
+
+    @property
+    def n_forcing(self) -> int:
+        """Forcing channels: each forcing's channels at t and at t + 12h."""
+        return 2 * sum(FORCING_FEATURE_CHANNELS[f] for f in self.forcings)
 
     def channel_names(self) -> list[str]:
         """``name@level`` (or ``name``) per state channel, in order."""
         out = [f"{v}@{p}" for v in self.level_variables for p in self.levels]
         return out + list(self.surface_variables)
+
+    def _per_channel(self, value: Any) -> np.ndarray:
+        """``[channel]`` of ``value(catalogue entry)`` (None for names outside the catalogue)."""
+        names = [v for v in self.level_variables for _ in self.levels]
+        names += list(self.surface_variables)
+        return np.asarray([value(CATALOGUE.get(n)) for n in names])
+
+    def input_mask(self) -> np.ndarray:
+        """``[channel]`` bool: True where a state channel is an input as well as a target; False
+        for output-only fields (precipitation), whose past values the model never sees."""
+        return self._per_channel(lambda v: v is None or v.role != "output").astype(bool)
+
+    def lower_bounds(self) -> np.ndarray:
+        """``[channel]`` float32: the smallest physical value (outputs are clipped to it;
+        ``-inf`` where the catalogue gives none)."""
+        return self._per_channel(
+            lambda v: -np.inf if v is None or v.lower_bound is None else v.lower_bound
+        ).astype(np.float32)
+
+    def undefined_somewhere(self) -> np.ndarray:
+        """``[channel]`` bool: fields that are NaN at fixed places (sea-surface temperature)."""
+        return self._per_channel(lambda v: v is not None and v.undefined_somewhere).astype(bool)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +156,7 @@ def choose_task(
     *,
     variables: Sequence[str] | None = None,
     levels: Sequence[int] | None = None,
+    forcings: Sequence[str] | None = None,
     source: str = "the archive",
 ) -> TaskConfig:
     """The task of a new model on ``archive`` (canonical layout, see `weather.data.reader`).
@@ -113,6 +169,10 @@ def choose_task(
         variable the archive holds (static ones as static inputs), which for the simulated
         archive is the default task.
       levels: pressure levels (hPa) of the level variables; None: all the archive's levels.
+      forcings: computed forcings (`FORCING_FEATURE_CHANNELS` names, any order); None:
+        GenCast's, solar radiation included, except on an archive of our simulator (its
+        ``simulation_config`` attribute), whose atmosphere has no sun: the time features only,
+        the default task of every model trained on it.
       source: how to name the archive in errors (its path).
 
     Raises:
@@ -123,18 +183,24 @@ def choose_task(
     """
     # Catalogue order, whatever the archive's or the option's: the channel layout of a task is
     # then fixed by its set of variables (and the default one is `TaskConfig()`'s).
-    held = [name for name in CATALOGUE if name in archive.data_vars]
+    # Forcings are computed and diagnostics not modelled, whatever an archive stores of them.
+    modelled = [n for n, v in CATALOGUE.items() if v.role in ("prognostic", "output", "static")]
+    held = [name for name in modelled if name in archive.data_vars]
     if variables is None:
         chosen = held
     else:
         chosen = list(variables)
-        unknown = [n for n in chosen if n not in CATALOGUE]
+        unknown = [n for n in chosen if n not in modelled]
         if unknown:
-            forcing = [n for n in unknown if n in FORCINGS]
+            forcing = [
+                n
+                for n in unknown
+                if n in FORCINGS or (n in CATALOGUE and CATALOGUE[n].role == "forcing")
+            ]
             reason = f"{forcing} are forcings, computed from time and place; " if forcing else ""
             raise ValueError(
                 f"--variables: {unknown} not in the catalogue; {reason}choose among "
-                f"{sorted(n for n in CATALOGUE)}"
+                f"{sorted(modelled)}"
             )
         if len(set(chosen)) != len(chosen):
             raise ValueError(f"--variables: a name repeats in {chosen}")
@@ -170,11 +236,24 @@ def choose_task(
                 f"{source} lacks levels {missing_levels} hPa (asked by --levels); it holds "
                 f"{sorted(archive_levels)}"
             )
+    if forcings is None:
+        chosen_forcings = (
+            TIME_FORCINGS if "simulation_config" in archive.attrs else GENCAST_FORCINGS
+        )
+    else:
+        unknown = [f for f in forcings if f not in FORCING_FEATURE_CHANNELS]
+        if unknown or len(set(forcings)) != len(forcings):
+            raise ValueError(
+                f"--forcings: {list(forcings)} must be distinct names among "
+                f"{list(FORCING_FEATURE_CHANNELS)}"
+            )
+        chosen_forcings = tuple(f for f in FORCING_FEATURE_CHANNELS if f in forcings)
     return TaskConfig(
         level_variables=level_vars,
         surface_variables=surface_vars,
         static_variables=static_vars,
         levels=chosen_levels,
+        forcings=chosen_forcings,
     )
 
 
@@ -243,6 +322,10 @@ class Normalization:
       mean, std: ``[channel]`` of the state (physical units).
       diff_std: ``[channel]`` std of 12 h differences (the residual target's scale).
       static_mean, static_std: ``[static]``.
+      valid: ``[H, W, channel]`` bool, where each channel is defined (False for sea-surface
+        temperature over land, True elsewhere; `valid_mask`), or None when every channel is
+        defined everywhere. Kept with the model (a checkpoint's normalisation): inputs are
+        filled with the mean and outputs set to NaN where a channel is undefined.
     """
 
     mean: np.ndarray
@@ -250,6 +333,7 @@ class Normalization:
     diff_std: np.ndarray
     static_mean: np.ndarray
     static_std: np.ndarray
+    valid: np.ndarray | None = None
 
     @classmethod
     def from_statistics(cls, task: TaskConfig, stats: xr.Dataset) -> Normalization:
@@ -287,11 +371,44 @@ class Normalization:
         )
 
     def to_dict(self) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v) for k, v in dataclasses.asdict(self).items()}
+        return {k: np.asarray(v) for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Normalization:
-        return cls(**{k: np.asarray(d[k], np.float32) for k in cls.__dataclass_fields__})
+        fields = {k: np.asarray(d[k], np.float32) for k in cls.__dataclass_fields__ if k in d}
+        if "valid" in fields:
+            fields["valid"] = fields["valid"].astype(bool)
+        return cls(**fields)
+
+    def with_valid(self, valid: np.ndarray | None) -> Normalization:
+        """This normalisation with the mask of where each channel is defined (`valid_mask`)."""
+        return dataclasses.replace(self, valid=valid)
+
+
+def valid_mask(task: TaskConfig, archive: xr.Dataset) -> np.ndarray | None:
+    """Where each state channel is defined, ``[H, W, channel]`` bool, or None when every
+    channel is defined everywhere (the task has no field undefined somewhere).
+
+    A field undefined somewhere (sea-surface temperature: NaN over land) is taken as defined
+    where it is finite at the archive's first time: ERA5's land points are fixed.
+    """
+    partial = task.undefined_somewhere()
+    if not partial.any():
+        return None
+    h, w = archive["latitude"].size, archive["longitude"].size
+    valid = np.ones((h, w, task.n_state), bool)
+    channel = 0
+    for name in task.level_variables:
+        for level in task.levels:
+            if partial[channel]:
+                first = archive[name].isel(time=0).sel(level=level).values
+                valid[..., channel] = np.isfinite(first)
+            channel += 1
+    for name in task.surface_variables:
+        if partial[channel]:
+            valid[..., channel] = np.isfinite(archive[name].isel(time=0).values)
+        channel += 1
+    return valid
 
 
 def channel_weights(task: TaskConfig) -> np.ndarray:
@@ -319,30 +436,41 @@ def loss_weights(task: TaskConfig, latitude: np.ndarray) -> np.ndarray:
     return (w / (area.mean() * channel_weights(task).mean())).astype(np.float32)
 
 
-def forcing_channels(time: np.ndarray, longitude: np.ndarray, n_lat: int) -> np.ndarray:
-    """Forcings at the input and target times as channels.
+def forcing_channels(
+    task: TaskConfig, time: np.ndarray, longitude: np.ndarray, latitude: np.ndarray
+) -> np.ndarray:
+    """The task's forcings at the input and target times as channels.
 
     Args:
+      task: which forcings (`TaskConfig.forcings`).
       time: ``[..., 2]`` datetime64: (t, t + 12h) per sample.
-      longitude: ``[lon]`` degrees.
-      n_lat: number of latitudes (forcings do not vary with latitude).
+      longitude: ``[lon]`` degrees east.
+      latitude: ``[lat]`` degrees north (only solar radiation varies with it).
 
     Returns:
-      ``[..., lat, lon, 8]`` float32: for each of the two times, year progress sin/cos and day
-      progress sin/cos (local solar time).
+      ``[..., lat, lon, task.n_forcing]`` float32: for each of the two times in turn, the task's
+      forcings in order: year progress sin/cos, day progress (local mean solar time) sin/cos,
+      top-of-atmosphere incident solar radiation over the 12 h ending then, in units of
+      ``TSI x 12 h``.
     """
     t = np.asarray(time, dtype="datetime64[ns]")
     flat = t.reshape(-1)
-    f = forcings_lib.forcings(flat, longitude)
-    n_lon = len(longitude)
-    chans = [
-        np.broadcast_to(f["year_progress_sin"][:, None], (flat.size, n_lon)),
-        np.broadcast_to(f["year_progress_cos"][:, None], (flat.size, n_lon)),
-        f["day_progress_sin"],
-        f["day_progress_cos"],
-    ]
-    per_time = np.stack(chans, axis=-1)  # [N, lon, 4]
-    both = per_time.reshape(*t.shape, n_lon, 4)  # [..., 2, lon, 4]
-    both = np.moveaxis(both, -3, -2).reshape(*t.shape[:-1], n_lon, 2 * 4)  # [..., lon, 8]
-    out = np.broadcast_to(both[..., None, :, :], (*t.shape[:-1], n_lat, n_lon, 8))
-    return np.ascontiguousarray(out, dtype=np.float32)
+    n_lat, n_lon = len(latitude), len(longitude)
+    shape = (flat.size, n_lat, n_lon)
+    chans: list[np.ndarray] = []
+    if "year_progress" in task.forcings or "day_progress" in task.forcings:
+        f = forcings_lib.forcings(flat, longitude)
+        if "year_progress" in task.forcings:
+            for name in ("year_progress_sin", "year_progress_cos"):
+                chans.append(np.broadcast_to(f[name][:, None, None], shape))
+        if "day_progress" in task.forcings:
+            for name in ("day_progress_sin", "day_progress_cos"):
+                chans.append(np.broadcast_to(f[name][:, None, :], shape))
+    if "toa_incident_solar_radiation" in task.forcings:
+        energy = solar.toa_incident_solar_radiation(flat, latitude, longitude, period=STEP)
+        chans.append(energy / (solar.TSI * STEP_SECONDS))
+    per_time = np.stack(chans, axis=-1)  # [N, lat, lon, F]
+    n = per_time.shape[-1]
+    both = per_time.reshape(*t.shape, n_lat, n_lon, n)  # [..., 2, lat, lon, F]
+    both = np.moveaxis(both, -4, -2)  # [..., lat, lon, 2, F]
+    return np.ascontiguousarray(both.reshape(*t.shape[:-1], n_lat, n_lon, 2 * n), np.float32)

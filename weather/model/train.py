@@ -43,6 +43,7 @@ from weather.model.task import (
     forcing_channels,
     state_to_channels,
     static_channels,
+    valid_mask,
 )
 
 
@@ -189,7 +190,7 @@ def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
     """A windows batch as the model's arrays (physical units, channels last).
 
     ``previous``, ``current``, ``target``: ``[B, H, W, C]`` at ``t - 12h``, ``t``, ``t + 12h``;
-    ``forcings``: ``[B, H, W, 8]`` at ``(t, t + 12h)``. A batch with three input states also
+    ``forcings``: ``[B, H, W, F]`` at ``(t, t + 12h)``. A batch with three input states also
     gives ``earlier`` (``t - 24h``) and ``earlier_forcings`` (at ``(t - 12h, t)``): what the
     model's own forecast of ``x(t)`` is made from; one with four also ``earliest``
     (``t - 36h``) and ``earliest_forcings`` (at ``(t - 24h, t - 12h)``), for its forecast of
@@ -203,20 +204,20 @@ def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
         return state_to_channels(task, {k: v[:, i] for k, v in inputs.items()})
 
     t = np.asarray(batch["time"], dtype="datetime64[ns]")
-    lon, n_lat = forecaster.longitude, forecaster.latitude.size
+    lon, lat = forecaster.longitude, forecaster.latitude
     arrays = {
         "previous": state(steps - 2),
         "current": state(steps - 1),
         "target": state_to_channels(task, batch["targets"]),
-        "forcings": forcing_channels(np.stack([t, t + STEP], -1), lon, n_lat),
+        "forcings": forcing_channels(task, np.stack([t, t + STEP], -1), lon, lat),
     }
     if steps >= 3:
         arrays["earlier"] = state(steps - 3)
-        arrays["earlier_forcings"] = forcing_channels(np.stack([t - STEP, t], -1), lon, n_lat)
+        arrays["earlier_forcings"] = forcing_channels(task, np.stack([t - STEP, t], -1), lon, lat)
     if steps >= 4:
         arrays["earliest"] = state(steps - 4)
         arrays["earliest_forcings"] = forcing_channels(
-            np.stack([t - 2 * STEP, t - STEP], -1), lon, n_lat
+            task, np.stack([t - 2 * STEP, t - STEP], -1), lon, lat
         )
     return arrays
 
@@ -460,6 +461,8 @@ def train(
     ckpt_path = run / "checkpoint.msgpack"
     task = model_config.task
     norm = normalization or Normalization.from_statistics(task, statistics)
+    if norm.valid is None:
+        norm = norm.with_valid(valid_mask(task, train_data))
     lat = train_data["latitude"].values
     lon = train_data["longitude"].values
     if mesh is not None and train_config.batch_size % mesh.devices.size:

@@ -50,6 +50,7 @@ class Architecture:
       variables: the fields modelled, canonical names (default: every catalogue variable of
         the training archive; see `weather.model.task.choose_task`).
       levels: pressure levels modelled, hPa (default: every level of the training archive).
+      forcings: computed forcings (default: `weather.model.task.choose_task`'s).
       noise: ``"spherical"`` (default) or ``"iid"`` diffusion noise.
       training_noise: ``"rho"`` or ``"lognormal"`` noise-level distribution (default GenCast's
         rho, or the warm-start source's).
@@ -64,6 +65,7 @@ class Architecture:
     unet_channels: tuple[int, ...] | None = None
     variables: tuple[str, ...] | None = None
     levels: tuple[int, ...] | None = None
+    forcings: tuple[str, ...] | None = None
     noise: str = "spherical"
     training_noise: TrainingNoise | None = None
     compute_dtype: ComputeDtype = "float32"
@@ -78,6 +80,7 @@ class Architecture:
         "unet_channels",
         "variables",
         "levels",
+        "forcings",
     )
 
     def given(self) -> list[str]:
@@ -94,7 +97,13 @@ class Architecture:
         Raises:
           ValueError, ArchiveError: see `weather.model.task.choose_task`.
         """
-        task = choose_task(archive, variables=self.variables, levels=self.levels, source=source)
+        task = choose_task(
+            archive,
+            variables=self.variables,
+            levels=self.levels,
+            forcings=self.forcings,
+            source=source,
+        )
         backbone: SphereTransformerConfig | SphereUNetConfig
         if (self.arch or "transformer") == "transformer":
             backbone = SphereTransformerConfig(

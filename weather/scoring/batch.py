@@ -39,6 +39,7 @@ import xarray as xr
 from weather.data.errors import ArchiveError
 from weather.data.location import is_url
 from weather.data.reader import open_archive, open_archives
+from weather.data.variables import CATALOGUE
 from weather.scoring import metrics as m
 from weather.scoring.climatology import WINDOW_DAYS, climatological_mean
 from weather.scoring.regions import Region
@@ -138,8 +139,28 @@ def score_archive(
     if NEEDS_CLIMATOLOGY & set(metrics):
         assert climatology is not None
         anomalies_of = _climatology_at(fc, names, climatology, window_days)
-    options = {"over_init_time": over_init_time, "skipna": skipna, "region": regions}
-    per_metric = [METRICS[name](fc, aligned, anomalies_of, **options) for name in metrics]
+    # A field undefined somewhere (sea-surface temperature over land) is averaged where it is
+    # defined, whatever `skipna` says for the others.
+    groups: dict[bool, list[str]] = {}
+    for name in names:
+        entry = CATALOGUE.get(name)
+        groups.setdefault(skipna or bool(entry and entry.undefined_somewhere), []).append(name)
+
+    def scored(metric: str) -> xr.Dataset:
+        parts = [
+            METRICS[metric](
+                fc[group],
+                aligned[group],
+                None if anomalies_of is None else anomalies_of[group],
+                over_init_time=over_init_time,
+                skipna=skip,
+                region=regions,
+            )
+            for skip, group in groups.items()
+        ]
+        return parts[0] if len(parts) == 1 else xr.merge(parts, join="exact")
+
+    per_metric = [scored(name) for name in metrics]
     scores = xr.concat(
         per_metric, dim="metric", data_vars="all", coords="minimal", compat="override", join="exact"
     )
