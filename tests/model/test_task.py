@@ -253,6 +253,11 @@ def test_choices_the_archive_cannot_serve_are_refused_naming_both_sides(kwargs, 
 def test_nothing_to_predict_is_refused():
     with pytest.raises(ArchiveError, match="nothing to predict"):
         choose_task(_archive(["land_sea_mask"]), source="mask.nc")
+    rain = _archive(["total_precipitation_12hr", "land_sea_mask", "2m_temperature"])
+    with pytest.raises(ArchiveError, match=r"nothing to predict from: \['total_precip"):
+        choose_task(rain, variables=["total_precipitation_12hr", "land_sea_mask"])
+    # With a prognostic field beside it, precipitation is an output of the task.
+    assert choose_task(rain).surface_variables == ("2m_temperature", "total_precipitation_12hr")
 
 
 def test_check_archive_names_every_missing_variable_and_level():

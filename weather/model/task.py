@@ -221,6 +221,13 @@ def choose_task(
             f"{source} has nothing to predict: "
             + (f"--variables {chosen} are all static" if variables else f"it holds {held}")
         )
+    if not level_vars and all(CATALOGUE[n].role == "output" for n in surface_vars):
+        # Output-only fields are never inputs: the model would see nothing of the atmosphere.
+        raise ArchiveError(
+            f"{source} has nothing to predict from: {list(surface_vars)} are output-only fields "
+            "(never inputs); add a prognostic variable"
+            + ("" if variables else f" (it holds {held})")
+        )
     archive_levels = [int(x) for x in archive["level"].values] if "level" in archive.coords else []
     if not level_vars:
         chosen_levels: tuple[int, ...] = ()
