@@ -38,7 +38,9 @@ from weather.data.variables import (
 # Computed forcings a task may use, and their channels at each of the two times (t, t + 12h):
 # year and day progress as sin/cos pairs; top-of-atmosphere incident solar radiation integrated
 # over the 12 h ending at that time (as GenCast gives it), divided by TSI x 12 h so that it lies
-# in [0, ~0.53] (the daily mean's maximum, at a pole at solstice, times the perihelion factor).
+# in [0, 0.73] (the largest over a year of 6-hourly times on a 5.625 deg grid: a 12 h window
+# centred on local noon, where the day-side mean of cos Z, sin(lat) sin(dec) + cos(lat) cos(dec)
+# 2 / pi, peaks near the subsolar latitude, times the distance factor).
 FORCING_FEATURE_CHANNELS: dict[str, int] = {
     "year_progress": 2,
     "day_progress": 2,
