@@ -214,7 +214,9 @@ def _sampler_option(p: argparse.ArgumentParser) -> None:
         metavar="[SOLVER:]N[,FIELD=VALUE...]",
         help="sampler, applied to the checkpoint's: N noise levels, the solver 2s (DPM-Solver++ "
         "2S, 2N-1 denoiser calls per step) or 2m (multistep, N calls), and SamplerConfig fields, "
-        "e.g. 2s:20 (GenCast's), 2m:10, 2s:5,spread_scale=0.5; default: the checkpoint's",
+        "e.g. 2s:20 (GenCast's), 2m:10, 2s:5,spread_scale=0.5; spread_scale.NAME=T sets the "
+        "spread scale of one variable (all levels) or channel (temperature@850); default: the "
+        "checkpoint's",
     )
 
 
@@ -679,7 +681,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--sampler",
         metavar="[SOLVER:]N[,FIELD=VALUE...]",
         help="change the checkpoint's default sampler (applied to its current one), e.g. "
-        "'2s:5,spread_scale=0.5'; recorded in the metadata",
+        "'2s:5,spread_scale=0.5' or '2s:5,spread_scale.u_component_of_wind=0.7'; recorded in "
+        "the metadata",
     )
     p.add_argument(
         "--conserve",
@@ -694,7 +697,7 @@ def _export(args: argparse.Namespace) -> int:
     import json
 
     from weather.model.checkpoint import export_checkpoint, load_checkpoint
-    from weather.model.denoiser import ModelConfig
+    from weather.model.denoiser import ModelConfig, channel_spread_scales
 
     sampler = conserve = None
     metadata: dict[str, Any] = {}
@@ -702,6 +705,11 @@ def _export(args: argparse.Namespace) -> int:
     override = _parsed_sampler(args.sampler)
     if override is not None:
         chosen = override.apply(model.sampler)
+        try:
+            channel_spread_scales(model.task, chosen)  # names this model's variables?
+        except ValueError as error:
+            print(f"error: --sampler: {error}", file=sys.stderr)
+            return 2
         sampler = json.loads(json.dumps(dataclasses.asdict(chosen)))
         metadata["sampler_set_by"] = f"weather export --sampler {args.sampler}"
     if args.conserve:

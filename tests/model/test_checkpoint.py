@@ -97,6 +97,36 @@ def test_export_can_change_the_default_sampler_and_keeps_provenance(tmp_path):
         main(["export", str(DEFAULT_CHECKPOINT), str(out), "--sampler", "2s:x"])
 
 
+def test_export_sets_spread_scales_per_variable_and_channel(tmp_path, capsys):
+    from weather.cli import main
+    from weather.defaults import DEFAULT_CHECKPOINT
+    from weather.forecast import load_forecaster
+
+    out = tmp_path / "scaled.msgpack"
+    text = "2s:5,spread_scale.geopotential=0.3,spread_scale.temperature@850=0.6"
+    assert main(["export", str(DEFAULT_CHECKPOINT), str(out), "--sampler", text]) == 0
+    model = load_forecaster(out).forecaster
+    assert dict(model.config.sampler.spread_scales) == {
+        "geopotential": 0.3,
+        "temperature@850": 0.6,
+    }
+    scales = model.channel_spread_scales(model.config.sampler)
+    tau = dict(zip(model.task.channel_names(), scales, strict=True))
+    base = model.config.sampler.spread_scale
+    assert (tau["geopotential@500"], tau["temperature@850"], tau["temperature@500"]) == (
+        0.3,
+        0.6,
+        base,
+    )
+    # A name the model does not have is refused before anything is written.
+    bad = tmp_path / "bad.msgpack"
+    code = main(["export", str(out), str(bad), "--sampler", "spread_scale.vorticity=0.5"])
+    assert code == 2 and not bad.exists()
+    assert "--sampler: sampler: spread_scale.vorticity: 'vorticity' is neither" in (
+        capsys.readouterr().err
+    )
+
+
 def test_export_can_set_and_clear_what_the_model_conserves(tmp_path, capsys):
     from weather.cli import main
     from weather.defaults import DEFAULT_CHECKPOINT

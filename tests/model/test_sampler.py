@@ -342,11 +342,67 @@ def test_sampler_override_parses_once_and_applies_to_any_base():
         ("2s:5,temperature=0.5", "FIELD=VALUE with FIELD one of"),
         ("2s:5,s_noise=x", "s_noise='x' is not a number"),
         ("2s:5,spread_scale=0", "spread_scale must be finite and > 0"),
+        ("2s:5,spread_scale.=0.5", "spread_scale.NAME"),
+        ("2s:5,spread_scale.geopotential=x", "spread_scale.geopotential='x' is not a number"),
+        ("2s:5,spread_scale.geopotential=-1", "spread_scale.geopotential must be finite"),
+        ("2s:5,spread_scale.temperature@850=inf", "spread_scale.temperature@850 must be"),
     ],
 )
 def test_sampler_override_refuses_bad_text_when_parsed(text, message):
     with pytest.raises(ValueError, match=message):
         sampler.SamplerOverride.parse(text)  # at the edge, before any model is loaded
+
+
+def test_per_name_spread_scales_parse_and_merge_into_the_base():
+    parse = sampler.SamplerOverride.parse
+    base = sampler.SamplerConfig(spread_scale=0.45, spread_scales=(("geopotential", 0.3),))
+    got = parse("spread_scale.temperature@850=0.6, spread_scale.u_component_of_wind=0.7").apply(
+        base
+    )
+    # Names the text gives are added or replaced; the base's others and its scalar are kept.
+    assert got.spread_scale == 0.45
+    assert dict(got.spread_scales) == {
+        "geopotential": 0.3,
+        "temperature@850": 0.6,
+        "u_component_of_wind": 0.7,
+    }
+    assert dict(parse("2s:5,spread_scale.geopotential=0.5").apply(base).spread_scales) == {
+        "geopotential": 0.5
+    }
+    # As stored in a checkpoint's JSON: lists come back as the same hashable config.
+    stored = sampler.SamplerConfig(spread_scales=[["geopotential", 0.3]])  # type: ignore[arg-type]
+    assert stored == sampler.SamplerConfig(spread_scales=(("geopotential", 0.3),))
+    assert hash(stored) == hash(sampler.SamplerConfig(spread_scales=(("geopotential", 0.3),)))
+    with pytest.raises(ValueError, match="a name repeats"):
+        sampler.SamplerConfig(spread_scales=(("geopotential", 0.3), ("geopotential", 0.4)))
+
+
+@pytest.mark.parametrize("solver", ["2s", "2m"])
+def test_spread_scale_per_element_equals_each_scalar_scale_on_its_elements(solver, gaussian):
+    # The same key with tau = [t_0 .. t_{d-1}] gives, in element i, what the scalar t_i gives
+    # there: the deflation acts element by element around the same first estimate.
+    mu, q, _ = gaussian
+    taus = np.linspace(0.2, 1.3, DIM)
+
+    def draw(config, tau=None):
+        one = functools.partial(
+            sampler.sample,
+            _ideal_denoiser(mu, q),
+            shape=(DIM,),
+            config=config,
+            noise_fn=jax.random.normal,
+            spread_scale=tau,
+        )
+        return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(5), 64)))
+
+    base = sampler.SamplerConfig(num_steps=6, solver=solver, spread_scale=0.9)
+    mixed = draw(base, taus)
+    for i, tau in enumerate(taus):
+        alone = draw(dataclasses.replace(base, spread_scale=float(tau)))
+        # float32 rounding of the same arithmetic (|x| < 6): a few ulps.
+        np.testing.assert_allclose(mixed[:, i], alone[:, i], atol=1e-5)
+    with pytest.raises(ValueError, match="finite and > 0 everywhere"):
+        draw(base, np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0]))
 
 
 @pytest.mark.parametrize("solver", ["2s", "2m"])

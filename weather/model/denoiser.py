@@ -102,6 +102,40 @@ def _floats(d: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def channel_spread_scales(
+    task: TaskConfig, sampler: sampler_lib.SamplerConfig
+) -> np.ndarray | None:
+    """The sampler's spread scale per state channel ``[C]`` (float64, `TaskConfig.channel_names`
+    order), or None where it names no variable or channel (``spread_scale``, a scalar, applies).
+
+    A ``spread_scales`` entry for a channel (``temperature@850``) wins over its variable's
+    (``temperature``), which wins over ``spread_scale``.
+
+    Raises:
+      ValueError: an entry names neither a state variable nor a state channel of the task.
+    """
+    if not sampler.spread_scales:
+        return None
+    channels = task.channel_names()
+    variables = [name.partition("@")[0] for name in channels]
+    known = set(channels) | set(variables)
+    for name, _ in sampler.spread_scales:
+        if name not in known:
+            raise ValueError(
+                f"sampler: spread_scale.{name}: {name!r} is neither a state variable nor a "
+                f"channel of this model (variables: {sorted(set(variables))}; channels are "
+                "VARIABLE@LEVEL, e.g. temperature@850)"
+            )
+    scales = dict(sampler.spread_scales)
+    return np.asarray(
+        [
+            scales.get(channel, scales.get(variable, sampler.spread_scale))
+            for channel, variable in zip(channels, variables, strict=True)
+        ],
+        np.float64,
+    )
+
+
 class Forecaster:
     """A model on a grid: pure functions of its parameters.
 
@@ -153,6 +187,11 @@ class Forecaster:
                     f"needs {self.shape} (lat, lon, channel)"
                 )
             self.weights = self.weights * jnp.asarray(n.valid)
+        self.channel_spread_scales(config.sampler)  # names checked when the model is built
+
+    def channel_spread_scales(self, sampler: sampler_lib.SamplerConfig) -> np.ndarray | None:
+        """`channel_spread_scales` of this model's task."""
+        return channel_spread_scales(self.task, sampler)
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -322,12 +361,14 @@ class Forecaster:
 
         # The sampler's own key only labels the draws (initial noise, churn at step i); all
         # randomness is per member, through `noise_fn`.
+        config = sampler or self.config.sampler
         residual = sampler_lib.sample(
             denoise_fn,
             jax.random.PRNGKey(0),
             (m, *self.shape),
-            sampler or self.config.sampler,
+            config,
             noise_fn,
+            self.channel_spread_scales(config),  # [C]: channels are last
         )
         out = self.conserved(current, self.baseline(current) + residual * self._baseline_scale)
         if self._clip:  # precipitation and humidity are never negative

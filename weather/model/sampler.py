@@ -88,6 +88,13 @@ class SamplerConfig:
         mean: ``x_N <- D_0 + tau (x_N - D_0)``. 1 (default, GenCast) leaves the sample alone;
         below 1 deflates the spread of a model whose samples are over-dispersed (as
         multiplicative covariance deflation in ensemble data assimilation), at no extra cost.
+      spread_scales: ``(name, tau)`` pairs that override ``spread_scale`` where the model's
+        state holds them: ``name`` is a variable (all its levels, e.g. ``"geopotential"``) or
+        one channel (``"temperature@850"``, which wins over its variable's entry). Fields
+        exchange spread differently (winds under-disperse where geopotential over-disperses),
+        so one tau cannot calibrate all of them. The sampler itself only sees the per-channel
+        array its caller builds from these (`sample`'s ``spread_scale``); names are checked
+        against the model's channels there (`weather.model.denoiser.Forecaster`).
     """
 
     num_steps: int = 20
@@ -100,10 +107,20 @@ class SamplerConfig:
     s_noise: float = 1.05
     solver: str = "2s"
     spread_scale: float = 1.0
+    spread_scales: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.spread_scale) and self.spread_scale > 0):
             raise ValueError(f"spread_scale must be finite and > 0, got {self.spread_scale}")
+        # JSON (checkpoint metadata) hands back lists; hashable tuples keep the config static.
+        pairs = tuple((str(name), float(tau)) for name, tau in self.spread_scales)
+        object.__setattr__(self, "spread_scales", pairs)
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"spread_scales: a name repeats in {names}")
+        for name, tau in pairs:
+            if not (math.isfinite(tau) and tau > 0):
+                raise ValueError(f"spread_scale.{name} must be finite and > 0, got {tau}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int | np.integer):
@@ -180,6 +197,7 @@ def sample(
     shape: tuple[int, ...],
     config: SamplerConfig,
     noise_fn: NoiseFn,
+    spread_scale: np.ndarray | None = None,
 ) -> jax.Array:
     """Draw one sample ``x_N`` (of ``shape``) by DPM-Solver++(2S or 2M) with churn.
 
@@ -196,6 +214,9 @@ def sample(
       config: the sampler configuration.
       noise_fn: unit noise ``(key, shape) -> [*shape]`` (:data:`weather.model.noise.NoiseFn`);
         its dtype is the sample's (float32 for the grid noises).
+      spread_scale: tau per element, a numpy array that broadcasts against ``shape`` (e.g.
+        ``[channel]`` for channels-last samples); None: ``config.spread_scale`` everywhere.
+        Static: fixed at trace time like ``config``.
 
     Returns:
       the sample, ``shape``, in ``noise_fn``'s dtype.
@@ -215,7 +236,10 @@ def sample(
         eps = noise_fn(jax.random.fold_in(key_steps, i), shape).astype(dtype)
         return x + churn_std[i] * eps
 
-    tau = config.spread_scale
+    tau = np.asarray(config.spread_scale if spread_scale is None else spread_scale, np.float64)
+    if not np.all(np.isfinite(tau) & (tau > 0)):
+        raise ValueError(f"spread_scale must be finite and > 0 everywhere, got {tau}")
+    exact = bool(np.all(tau == 1.0))  # GenCast's sampler: no first estimate carried
 
     def deflated(x: jax.Array, mean: jax.Array) -> jax.Array:
         return mean + jnp.asarray(tau, dtype) * (x - mean)
@@ -236,7 +260,7 @@ def sample(
 
         zero = jnp.zeros_like(x)
         x, _, mean = jax.lax.fori_loop(0, config.num_steps, multistep, (x, zero, zero))
-        return x if tau == 1.0 else deflated(x, mean)
+        return x if exact else deflated(x, mean)
 
     def step(i: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         x_hat = jax.lax.cond(churn_std[i] > 0, churn, lambda _, x: x, i, x)
@@ -251,7 +275,7 @@ def sample(
 
         return jax.lax.cond(sigma_next[i] > 0, second_order, lambda: d_hat), d_hat
 
-    if tau == 1.0:
+    if exact:
         # GenCast's sampler exactly (no carried mean).
         return jax.lax.fori_loop(0, config.num_steps, lambda i, x: step(i, x)[0], x)
 
@@ -285,7 +309,9 @@ class SamplerOverride:
         """``"[SOLVER:]N[,FIELD=VALUE...]"``; errors name the bad part.
 
         Examples: ``"2s:20"`` (GenCast's), ``"2m:10"``, ``"6"`` (the base's solver),
-        ``"2s:5,spread_scale=0.6"``, ``"2s:8,s_churn=0"``; fields are `SamplerConfig`'s numbers.
+        ``"2s:5,spread_scale=0.6"``, ``"2s:8,s_churn=0"``,
+        ``"2s:5,spread_scale=0.45,spread_scale.u_component_of_wind=0.6"``; fields are
+        `SamplerConfig`'s numbers, and ``spread_scale.NAME`` one entry of its ``spread_scales``.
 
         Raises:
           ValueError: the text is not of that form, or its values are invalid (checked against
@@ -309,25 +335,44 @@ class SamplerOverride:
         numbers = {
             f.name
             for f in dataclasses.fields(SamplerConfig)
-            if f.name not in ("solver", "num_steps")
+            if f.name not in ("solver", "num_steps", "spread_scales")
         }
+        scales: dict[str, float] = {}
         for item in rest:
             name, sep, value = item.partition("=")
-            if not sep or name not in numbers:
+            name, value = name.strip(), value.strip()
+            per_name = name.startswith("spread_scale.") and len(name) > len("spread_scale.")
+            if not sep or not (per_name or name in numbers):
                 raise ValueError(
-                    f"sampler: {item!r} is not FIELD=VALUE with FIELD one of {sorted(numbers)}"
+                    f"sampler: {item!r} is not FIELD=VALUE with FIELD one of {sorted(numbers)} "
+                    "or spread_scale.NAME (NAME a variable or a channel such as temperature@850)"
                 )
             try:
-                changes[name] = float(value)
+                number = float(value)
             except ValueError:
                 raise ValueError(f"sampler: {name}={value!r} is not a number") from None
+            if per_name:
+                scales[name.removeprefix("spread_scale.")] = number
+            else:
+                changes[name] = number
+        if scales:
+            changes["spread_scales"] = tuple(scales.items())
         override = cls(tuple(changes.items()), text)
         override.apply(SamplerConfig())  # the values, now rather than when a model is loaded
         return override
 
     def apply(self, base: SamplerConfig) -> SamplerConfig:
-        """``base`` with these changes (validated: `SamplerConfig` raises on bad values)."""
-        return dataclasses.replace(base, **dict(self.changes))
+        """``base`` with these changes (validated: `SamplerConfig` raises on bad values).
+
+        Per-name spread scales are merged into ``base``'s: a name given here replaces its
+        entry, the others are kept, as every field the text does not name is.
+        """
+        changes = dict(self.changes)
+        if "spread_scales" in changes:
+            changes["spread_scales"] = tuple(
+                {**dict(base.spread_scales), **dict(changes["spread_scales"])}.items()
+            )
+        return dataclasses.replace(base, **changes)
 
     def __str__(self) -> str:
         return self.text
