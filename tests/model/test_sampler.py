@@ -369,6 +369,10 @@ def test_per_name_spread_scales_parse_and_merge_into_the_base():
     assert dict(parse("2s:5,spread_scale.geopotential=0.5").apply(base).spread_scales) == {
         "geopotential": 0.5
     }
+    # One scale set in the text means everywhere: the base's names go, the text's own stay.
+    assert parse("2s:20,spread_scale=1").apply(base) == sampler.SamplerConfig()
+    both = parse("spread_scale=0.5,spread_scale.temperature=0.6").apply(base)
+    assert (both.spread_scale, both.spread_scales) == (0.5, (("temperature", 0.6),))
     # As stored in a checkpoint's JSON: lists come back as the same hashable config.
     stored = sampler.SamplerConfig(spread_scales=[["geopotential", 0.3]])  # type: ignore[arg-type]
     assert stored == sampler.SamplerConfig(spread_scales=(("geopotential", 0.3),))

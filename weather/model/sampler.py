@@ -365,12 +365,15 @@ class SamplerOverride:
         """``base`` with these changes (validated: `SamplerConfig` raises on bad values).
 
         Per-name spread scales are merged into ``base``'s: a name given here replaces its
-        entry, the others are kept, as every field the text does not name is.
+        entry, the others are kept, as every field the text does not name is; but a text that
+        sets ``spread_scale`` itself means one scale everywhere, so it clears ``base``'s names
+        (``"2s:20,spread_scale=1"`` is GenCast's sampler whatever the checkpoint carried).
         """
         changes = dict(self.changes)
-        if "spread_scales" in changes:
+        kept = () if "spread_scale" in changes else base.spread_scales
+        if "spread_scales" in changes or "spread_scale" in changes:
             changes["spread_scales"] = tuple(
-                {**dict(base.spread_scales), **dict(changes["spread_scales"])}.items()
+                {**dict(kept), **dict(changes.get("spread_scales", ()))}.items()
             )
         return dataclasses.replace(base, **changes)
 
