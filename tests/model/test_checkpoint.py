@@ -103,7 +103,8 @@ def test_export_sets_spread_scales_per_variable_and_channel(tmp_path, capsys):
     from weather.forecast import load_forecaster
 
     out = tmp_path / "scaled.msgpack"
-    text = "2s:5,spread_scale.geopotential=0.3,spread_scale.temperature@850=0.6"
+    # Setting spread_scale replaces whatever per-name scales the shipped checkpoint carries.
+    text = "2s:5,spread_scale=0.5,spread_scale.geopotential=0.3,spread_scale.temperature@850=0.6"
     assert main(["export", str(DEFAULT_CHECKPOINT), str(out), "--sampler", text]) == 0
     model = load_forecaster(out).forecaster
     assert dict(model.config.sampler.spread_scales) == {
@@ -112,12 +113,20 @@ def test_export_sets_spread_scales_per_variable_and_channel(tmp_path, capsys):
     }
     scales = model.channel_spread_scales(model.config.sampler)
     tau = dict(zip(model.task.channel_names(), scales, strict=True))
-    base = model.config.sampler.spread_scale
     assert (tau["geopotential@500"], tau["temperature@850"], tau["temperature@500"]) == (
         0.3,
         0.6,
-        base,
+        0.5,
     )
+    # Naming one channel only changes that entry.
+    again = tmp_path / "again.msgpack"
+    assert (
+        main(["export", str(out), str(again), "--sampler", "spread_scale.temperature@850=0.7"]) == 0
+    )
+    assert dict(load_forecaster(again).forecaster.config.sampler.spread_scales) == {
+        "geopotential": 0.3,
+        "temperature@850": 0.7,
+    }
     # A name the model does not have is refused before anything is written.
     bad = tmp_path / "bad.msgpack"
     code = main(["export", str(out), str(bad), "--sampler", "spread_scale.vorticity=0.5"])
