@@ -37,28 +37,35 @@ def _forcings(times: np.ndarray, fc) -> np.ndarray:  # type: ignore[no-untyped-d
     return forcing_channels(fc.task, pairs, fc.longitude, fc.latitude)
 
 
-@pytest.mark.parametrize("spec", [None, "2s:20,spread_scale=1", "2m:6", "2s:4,s_churn=2"])
-def test_sample_step_turns_a_known_denoiser_output_into_the_physical_state(model, spec):
-    """Whatever the sampler, a denoiser that always answers r (normalised residual) makes the
-    last step, which lands on sigma = 0, return r; the state is then current + r * diff_std
-    in each channel's own units (the std of 12 h differences, not the state's std)."""
+def _one_step(fc_stub, model, m: int, config):
+    """[m, lon, lat, channel] states 12 h after INIT from ``fc_stub.sample_step`` with member
+    keys 0..m-1, the model fixture's two states and the sampler ``config`` (None: the
+    model's own)."""
     fc, params, prev, cur, static = model
-    sampler = None if spec is None else SamplerOverride.parse(spec).apply(fc.config.sampler)
-    rng = np.random.default_rng(0)
-    r = rng.normal(size=(3, 1, 1, fc.task.n_state)).astype(np.float32)  # per member, channel
-    fc_stub = type(fc).__new__(type(fc))
-    fc_stub.__dict__.update(fc.__dict__)
-    fc_stub.denoise = lambda p, x, sigma, cond: jnp.broadcast_to(jnp.asarray(r), x.shape)
-    m = 3
-    out = fc_stub.sample_step(
+    return fc_stub.sample_step(
         params,
         member_keys(0, np.arange(m)),
         jnp.broadcast_to(prev, (m, *fc.shape)),
         jnp.broadcast_to(cur, (m, *fc.shape)),
         _forcings(np.array([INIT]), fc)[0],
         fc.normalize_static(static),
-        sampler,
+        config,
     )
+
+
+@pytest.mark.parametrize("spec", [None, "2s:20,spread_scale=1", "2m:6", "2s:4,s_churn=2"])
+def test_sample_step_turns_a_known_denoiser_output_into_the_physical_state(model, spec):
+    """Whatever the sampler, a denoiser that always answers r (normalised residual) makes the
+    last step, which lands on sigma = 0, return r; the state is then current + r * diff_std
+    in each channel's own units (the std of 12 h differences, not the state's std)."""
+    fc, cur = model[0], model[3]
+    sampler = None if spec is None else SamplerOverride.parse(spec).apply(fc.config.sampler)
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(3, 1, 1, fc.task.n_state)).astype(np.float32)  # per member, channel
+    fc_stub = type(fc).__new__(type(fc))
+    fc_stub.__dict__.update(fc.__dict__)
+    fc_stub.denoise = lambda p, x, sigma, cond: jnp.broadcast_to(jnp.asarray(r), x.shape)
+    out = _one_step(fc_stub, model, 3, sampler)
     want = cur + r * fc.normalization.diff_std
     # One multiply and one add in float32: at most one rounding each (2 ulps; measured 0).
     assert_close_per_channel(np.asarray(out), want, 2, "sample_step")
@@ -72,7 +79,7 @@ def test_per_variable_spread_scales_reach_their_channels_in_sample_step(model):
     channels: with the same keys, channel c of the mixed sample equals the sample drawn with
     channel c's scale everywhere (the deflation is per element around the same first
     estimate, so scalar runs are the reference)."""
-    fc, params, prev, cur, static = model
+    fc = model[0]
     names = fc.task.channel_names()
     variable = fc.task.level_variables[0]
     level = fc.task.levels[-1]
@@ -91,20 +98,9 @@ def test_per_variable_spread_scales_reach_their_channels_in_sample_step(model):
     fc_stub = type(fc).__new__(type(fc))
     fc_stub.__dict__.update(fc.__dict__)
     fc_stub.denoise = lambda p, x, sigma, cond: x / (1 + sigma[:, None, None, None] ** 2)
-    m = 2
 
     def draw(config):
-        return np.asarray(
-            fc_stub.sample_step(
-                params,
-                member_keys(0, np.arange(m)),
-                jnp.broadcast_to(prev, (m, *fc.shape)),
-                jnp.broadcast_to(cur, (m, *fc.shape)),
-                _forcings(np.array([INIT]), fc)[0],
-                fc.normalize_static(static),
-                config,
-            )
-        )
+        return np.asarray(_one_step(fc_stub, model, 2, config))
 
     got = draw(mixed)
     plain = SamplerOverride.parse("2s:3").apply(fc.config.sampler)

@@ -49,6 +49,27 @@ def _ideal_denoiser(mu: np.ndarray, q: np.ndarray):
     return denoise_fn
 
 
+def _ideal_samples(
+    mu: np.ndarray,
+    q: np.ndarray,
+    config: sampler.SamplerConfig,
+    seed: int,
+    n: int,
+    spread_scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """[n, DIM] samples of the ideal denoiser's data with ``config``, one per key split from
+    ``seed``."""
+    one = functools.partial(
+        sampler.sample,
+        _ideal_denoiser(mu, q),
+        shape=(DIM,),
+        config=config,
+        noise_fn=jax.random.normal,
+        spread_scale=spread_scale,
+    )
+    return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), n)))
+
+
 def _exact_variance_ratio(config: sampler.SamplerConfig, lam: np.ndarray) -> np.ndarray:
     """Var of the sampler's output / lambda, per eigenvalue, by the scalar recurrence (float64).
 
@@ -141,18 +162,7 @@ SOLVER_TOLERANCE = {
 def test_samples_of_gaussian_data_have_the_exact_output_distribution(name, gaussian):
     mu, q, _ = gaussian
     config = CONFIGS[name]
-    draw = jax.jit(
-        jax.vmap(
-            functools.partial(
-                sampler.sample,
-                _ideal_denoiser(mu, q),
-                shape=(DIM,),
-                config=config,
-                noise_fn=jax.random.normal,
-            )
-        )
-    )
-    x = np.asarray(draw(jax.random.split(jax.random.key(1), N_SAMPLES)), dtype=np.float64)
+    x = _ideal_samples(mu, q, config, seed=1, n=N_SAMPLES).astype(np.float64)
     assert np.all(np.isfinite(x))
 
     ratio = _exact_variance_ratio(config, EIGENVALUES)
@@ -389,15 +399,7 @@ def test_spread_scale_per_element_equals_each_scalar_scale_on_its_elements(solve
     taus = np.linspace(0.2, 1.3, DIM)
 
     def draw(config, tau=None):
-        one = functools.partial(
-            sampler.sample,
-            _ideal_denoiser(mu, q),
-            shape=(DIM,),
-            config=config,
-            noise_fn=jax.random.normal,
-            spread_scale=tau,
-        )
-        return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(5), 64)))
+        return _ideal_samples(mu, q, config, seed=5, n=64, spread_scale=tau)
 
     base = sampler.SamplerConfig(num_steps=6, solver=solver, spread_scale=0.9)
     mixed = draw(base, taus)
@@ -417,14 +419,7 @@ def test_spread_scale_shrinks_towards_the_first_estimate(solver, gaussian):
 
     def draw(tau):
         config = sampler.SamplerConfig(num_steps=6, solver=solver, spread_scale=tau)
-        one = functools.partial(
-            sampler.sample,
-            _ideal_denoiser(mu, q),
-            shape=(DIM,),
-            config=config,
-            noise_fn=jax.random.normal,
-        )
-        return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(3), 256)))
+        return _ideal_samples(mu, q, config, seed=3, n=256)
 
     full, half, tiny = draw(1.0), draw(0.5), draw(1e-6)
     np.testing.assert_allclose(half, tiny + 0.5 * (full - tiny), atol=1e-4)
