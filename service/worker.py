@@ -20,7 +20,10 @@ its member 0), so the same request and seed give bit-identical numbers whatever 
 (on the same machine and software: other hardware or XLA versions may round differently).
 
 A heartbeat thread records that the worker lives (the compiled call may take longer than a
-heartbeat period), so a job is claimed again only when its worker really stopped.
+heartbeat period), so a job is claimed again only when its worker really stopped. Because the
+heartbeat keeps every job the worker holds alive, a job's end that the store could not record
+(the database briefly unreachable) is kept and recorded again at each heartbeat until it lands;
+otherwise the job would stay `running` for as long as the worker lives.
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ log = logging.getLogger("service.worker")
 
 # Analysis states kept in memory (two states per init time).
 ANALYSIS_CACHE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEnd:
+    """A job's end as the worker records it: succeeded, or failed with ``error``."""
+
+    job: Job
+    state: JobState
+    error: str | None = None
+    claimed: float | None = None  # when this worker claimed it (for the run-time metric)
 
 
 @dataclasses.dataclass
@@ -111,6 +124,10 @@ class Worker:
         self._heartbeat: threading.Thread | None = None
         # Finished jobs are scored here, so sampling goes on meanwhile.
         self._finisher = concurrent.futures.ThreadPoolExecutor(1, "weather-scorer")
+        # Ends the store could not record yet, by job id (the finisher, the sampling loop and
+        # the heartbeat all touch them).
+        self._unrecorded: dict[str, JobEnd] = {}
+        self._unrecorded_lock = threading.Lock()
         self._analyses: collections.OrderedDict[np.datetime64, tuple[np.ndarray, np.ndarray]] = (
             collections.OrderedDict()
         )
@@ -174,6 +191,9 @@ class Worker:
             self._finisher.shutdown(wait=True)
             if self._heartbeat is not None:
                 self._heartbeat.join(self.settings.heartbeat_s + 5)
+            # A last try; what is still unrecorded goes back to the queue below, and the next
+            # worker ends it again (a finished job from its saved results, without sampling).
+            self._record_unrecorded()
             try:
                 self.store.remove_worker(self.id)
             except Exception:
@@ -247,6 +267,7 @@ class Worker:
                 self._beat_once()
             except Exception:  # a missed beat is retried; the job lease covers a few
                 log.exception("worker %s: heartbeat failed", self.id)
+            self._record_unrecorded()
             if time.monotonic() >= next_prune:
                 # Workers alone on a database (no API server's janitor) forget dead peers too.
                 next_prune = time.monotonic() + 60.0
@@ -443,26 +464,7 @@ class Worker:
             log.exception("job %s: could not write its scores", lane.job.id)
             self._fail(lane.job, f"could not write its results: {_reason(error)}")
             return
-        now = time.time()
-        if self.store.finish(
-            lane.job.id,
-            self.id,
-            JobState.SUCCEEDED,
-            now=now,
-            expires_at=now + self.settings.result_ttl_hours * 3600,
-        ):
-            log.info("job %s succeeded on worker %s", lane.job.id, self.id)
-            self.metrics.job_duration.observe(now - lane.job.created_at)
-            self.metrics.job_run.observe(now - lane.claimed)
-            self._published()
-        else:
-            # Claimed again by another worker after this one missed its heartbeats: that
-            # worker's finish is the one that counts.
-            log.warning(
-                "job %s: no longer held by worker %s; its end is left to the holder",
-                lane.job.id,
-                self.id,
-            )
+        self._end(JobEnd(lane.job, JobState.SUCCEEDED, claimed=lane.claimed))
 
     def _published(self) -> None:
         if self.on_metrics is None:
@@ -473,15 +475,61 @@ class Worker:
             log.exception("worker %s: could not publish its metrics", self.id)
 
     def _fail(self, job: Job, error: str) -> None:
+        self._end(JobEnd(job, JobState.FAILED, error))
+
+    def _end(self, end: JobEnd) -> None:
+        """Record ``end`` in the store, or keep it for the heartbeat to record when the store
+        answers again. Never raises: the sampling loop and the scorer go on."""
+        try:
+            self._record(end)
+        except Exception:
+            log.exception(
+                "job %s: could not record that it %s; retrying at each heartbeat",
+                end.job.id,
+                end.state.value,
+            )
+            with self._unrecorded_lock:
+                self._unrecorded[end.job.id] = end
+
+    def _record_unrecorded(self) -> None:
+        with self._unrecorded_lock:
+            ends = list(self._unrecorded.values())
+        for end in ends:
+            try:
+                self._record(end)
+            except Exception as error:  # still unreachable: the next heartbeat tries again
+                log.warning("job %s: its end is still unrecorded: %s", end.job.id, error)
+                continue
+            with self._unrecorded_lock:
+                if self._unrecorded.get(end.job.id) is end:
+                    del self._unrecorded[end.job.id]
+
+    def _record(self, end: JobEnd) -> None:
         now = time.time()
-        self.store.finish(
-            job.id,
+        if not self.store.finish(
+            end.job.id,
             self.id,
-            JobState.FAILED,
+            end.state,
             now=now,
             expires_at=now + self.settings.result_ttl_hours * 3600,
-            error=error,
-        )
+            error=end.error,
+        ):
+            # Cancelled meanwhile, or claimed again by another worker after this one missed its
+            # heartbeats: that worker's end is the one that counts.
+            log.warning(
+                "job %s: no longer held by worker %s; its end is left to the holder",
+                end.job.id,
+                self.id,
+            )
+            return
+        if end.state is JobState.FAILED:
+            log.info("job %s failed on worker %s: %s", end.job.id, self.id, end.error)
+            return
+        log.info("job %s succeeded on worker %s", end.job.id, self.id)
+        self.metrics.job_duration.observe(now - end.job.created_at)
+        if end.claimed is not None:
+            self.metrics.job_run.observe(now - end.claimed)
+        self._published()
 
 
 def _reason(error: Exception) -> str:

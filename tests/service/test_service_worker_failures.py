@@ -13,12 +13,15 @@ it) over a copy of the test archive whose temperature is NaN at one time:
 4. A job whose results cannot be written fails, naming the reason: its folder is a file, a
    lead's chunk folder is a file, a variable's array is a file, or the scores cannot be written;
    a job sharing its sampling calls succeeds.
+5. A job whose end the database refuses to record (twice, as while it restarts) still ends,
+   succeeded or failed, on its first attempt, once the database answers again.
 
 No sleeps: every wait is on a job's state, with a deadline.
 """
 
 from __future__ import annotations
 
+import collections
 import shutil
 import time
 import uuid
@@ -36,8 +39,8 @@ from service.catalog import Catalog, model_info
 from service.results import JobFiles
 from service.schemas import request_model
 from service.settings import Settings
-from service.sql_store import open_store
-from service.store import NewJob
+from service.sql_store import SQLJobStore, open_store
+from service.store import JobState, NewJob
 from weather.model.rollout import BatchRoller
 
 # The analysis of this init time holds NaN (temperature at 850 hPa, at init time itself).
@@ -47,6 +50,10 @@ BROKEN_INIT = "2001-01-07T00:00Z"
 SAMPLING_ERROR = "injected: the accelerator is gone"
 GOOD: dict[str, Any] = {"init_time": INIT, "lead": "P1D", "members": 2, "seed": 1}
 MAX_ATTEMPTS = 2
+# Seeds whose job's end the store refuses to record REFUSALS times; how often it did, by seed.
+UNRECORDABLE_END = {905: GOOD, 906: {**GOOD, "init_time": NAN_INIT}}
+REFUSALS = 2
+REFUSED: collections.Counter[int] = collections.Counter()
 ENDED = {"succeeded", "failed", "cancelled"}
 
 
@@ -182,9 +189,22 @@ def service(tmp_path_factory, archive, statistics):  # type: ignore[no-untyped-d
         if when == "after" and damage is not None:
             damage(self)
 
+    finish = SQLJobStore.finish
+
+    def refusing_finish(
+        self: SQLJobStore, job_id: str, worker_id: str, status: JobState, **kwargs: Any
+    ) -> bool:
+        job = self.get(job_id)
+        seed = job.request["seed"] if job is not None else None
+        if seed in UNRECORDABLE_END and REFUSED[seed] < REFUSALS:
+            REFUSED[seed] += 1
+            raise OSError("injected: the database is restarting")
+        return finish(self, job_id, worker_id, status, **kwargs)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(BatchRoller, "advance", failing_advance)
         patch.setattr(JobFiles, "create", damaging_create)
+        patch.setattr(SQLJobStore, "finish", refusing_finish)
         with server_thread(settings) as url:
             yield url, settings, dead
 
@@ -261,3 +281,13 @@ def test_a_job_whose_results_cannot_be_written_fails_and_not_its_neighbour(clien
     good = submit(client, **{**GOOD, "seed": 6})
     assert_failed(client, bad, *DAMAGE[seed][2])
     assert_succeeded(client, good)
+
+
+def test_a_job_whose_end_cannot_be_recorded_at_once_ends_when_the_database_answers(client):
+    # Without the worker keeping the end, both would stay `running` for good: its heartbeat
+    # keeps the jobs it holds alive, so no other worker would ever take them over.
+    ok = submit(client, **{**UNRECORDABLE_END[905], "seed": 905})
+    bad = submit(client, **{**UNRECORDABLE_END[906], "seed": 906})
+    assert assert_succeeded(client, ok)["attempts"] == 1
+    assert assert_failed(client, bad, "could not start", "NaN")["attempts"] == 1
+    assert REFUSED == {905: REFUSALS, 906: REFUSALS}
