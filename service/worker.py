@@ -39,6 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -475,7 +476,17 @@ class Worker:
             log.exception("worker %s: could not publish its metrics", self.id)
 
     def _fail(self, job: Job, error: str) -> None:
-        self._end(JobEnd(job, JobState.FAILED, error))
+        self._end(JobEnd(job, JobState.FAILED, self._without_folders(error)))
+
+    def _without_folders(self, error: str) -> str:
+        """``error`` as its client reads it: paths relative to the data folder
+        (``jobs/ID/forecast.zarr/temperature/c``). The server's layout is not the client's
+        business; the log keeps the full paths."""
+        root = Path(self.settings.data_dir)
+        # Longest first, so that the resolved form of a symlinked folder is not cut in half.
+        for folder in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
+            error = error.replace(folder + os.sep, "").replace(folder, ".")
+        return error
 
     def _end(self, end: JobEnd) -> None:
         """Record ``end`` in the store, or keep it for the heartbeat to record when the store
