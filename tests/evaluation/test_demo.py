@@ -89,9 +89,22 @@ def test_the_demo_forecasts_scores_and_reports(demo_dir):
     )
     np.testing.assert_allclose(float(got), expected, rtol=1e-3)
     assert np.isfinite(scores["crps_model"]).all()
+    # The model's spread/skill by hand: sqrt((M + 1) / M) sqrt(<variance>) / sqrt(<error^2>),
+    # <.> the area-weighted mean, the variance unbiased (M - 1), the error the ensemble mean's.
+    ens = xr.open_zarr(demo_dir / "forecast.zarr")["temperature"].sel(level=850)
+    ens = ens.isel(lead_time=-1).squeeze(drop=True).load()
+    valid = ds["temperature"].sel(level=850, time="1991-01-02T12")
+    m = ens.sizes["member"]
+    variance = ens.var("member", ddof=1).weighted(weights).mean()
+    error2 = ((ens.mean("member") - valid) ** 2).weighted(weights).mean()
+    by_hand = np.sqrt((m + 1) / m * float(variance) / float(error2))
+    # Both rounded to 3 decimals (at most 1e-3 apart), the sums' float rounding far below.
+    np.testing.assert_allclose(
+        summary["crps"]["temperature@850"]["1d"]["spread_skill"], round(by_hand, 3), atol=1.5e-3
+    )
     assert summary["crps"]["temperature@850"]["1d"]["model"] > 0
     text = format_summary(summary)
-    assert "geopotential@500" in text and "persistence" in text
+    assert "geopotential@500" in text and "persistence" in text and "spread/skill" in text
     assert (demo_dir / "forecast.png").exists()
     assert json.loads((demo_dir / "summary.json").read_text()) == summary
     with pytest.raises(ValueError, match="init_time"):

@@ -99,7 +99,7 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
     from weather.data.reader import open_archive
     from weather.data.times import to_datetime64
     from weather.forecast import forecast, load_forecaster
-    from weather.scoring.metrics import align_truth, crps
+    from weather.scoring.metrics import align_truth, crps, spread_skill_ratio
 
     out = config.data_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -140,6 +140,9 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> dict[str, Any]:
         {
             "crps_model": _headline(crps(ens[variables], verifying)),
             "crps_persistence": _headline(crps(base, verifying, fair=False)),
+            # One init time: a single case's calibration, noisy, but the first thing a
+            # forecaster asks of an ensemble after its error.
+            "spread_skill_model": _headline(spread_skill_ratio(ens[variables], verifying)),
         }
     ).compute()
     scores.to_netcdf(out / "scores.nc")
@@ -174,10 +177,12 @@ def _summary(scores: xr.Dataset, config: DemoConfig, metadata: dict[str, Any]) -
             if hit.size:
                 i = int(hit[0])
                 rows[f"{day}d"] = {
-                    "model": round(float(scores["crps_model"].sel(target=target)[i]), 3),
-                    "persistence": round(
-                        float(scores["crps_persistence"].sel(target=target)[i]), 3
-                    ),
+                    name: round(float(scores[key].sel(target=target)[i]), 3)
+                    for name, key in (
+                        ("model", "crps_model"),
+                        ("persistence", "crps_persistence"),
+                        ("spread_skill", "spread_skill_model"),
+                    )
                 }
         table[str(target)] = rows
     return {
@@ -191,16 +196,20 @@ def _summary(scores: xr.Dataset, config: DemoConfig, metadata: dict[str, Any]) -
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The CRPS table as text (units of each variable: m2 s-2, K, m s-1)."""
+    """The CRPS table as text (units of each variable: m2 s-2, K, m s-1), with the model's
+    spread/skill ratio (1 for a calibrated ensemble)."""
     lines = [
         f"{summary['members']}-member forecast from {summary['init_time']} "
         f"({summary['lead_days']:g} days), fair CRPS against the simulated truth "
-        "(persistence: its mean absolute error)",
-        f"{'target':<28}{'lead':>6}{'model':>12}{'persistence':>14}",
+        "(persistence: its mean absolute error), and the model's spread/skill",
+        f"{'target':<28}{'lead':>6}{'model':>12}{'persistence':>14}{'spread/skill':>14}",
     ]
     for target, rows in summary["crps"].items():
         for lead, row in rows.items():
-            lines.append(f"{target:<28}{lead:>6}{row['model']:>12.3f}{row['persistence']:>14.3f}")
+            lines.append(
+                f"{target:<28}{lead:>6}{row['model']:>12.3f}{row['persistence']:>14.3f}"
+                f"{row['spread_skill']:>14.2f}"
+            )
     return "\n".join(lines)
 
 
