@@ -320,7 +320,7 @@ def test_demo_forecasts_from_the_shipped_checkpoint_and_scores_it(tmp_path, caps
         target = f"{name}@{level}"
         y = truth[name].sel(level=level, time=init + day).values
         ens = fc[name].sel(level=level, lead_time=day).isel(init_time=0).values
-        model = _brute_force_scores(ens, y, lat)[0]
+        model, _, spread_skill = _brute_force_scores(ens, y, lat)
         # Persistence's CRPS is its area-weighted mean absolute error.
         before = truth[name].sel(level=level, time=init).values.astype(np.float64)
         persistence = _area_mean(np.abs(before - y), lat)
@@ -329,10 +329,13 @@ def test_demo_forecasts_from_the_shipped_checkpoint_and_scores_it(tmp_path, caps
         # 6e-10 relative (u850 at 1 d); 1e-7 leaves room for other CPUs' kernels.
         for key, want in (("crps_model", model), ("crps_persistence", persistence)):
             np.testing.assert_allclose(float(got[key]), want, rtol=1e-7, err_msg=f"{target} {key}")
+        # Spread/skill from float32 members: as in `weather score` above (measured up to 1.8e-6).
+        np.testing.assert_allclose(float(got["spread_skill_model"]), spread_skill, rtol=1e-5)
         row = summary["crps"][target]["1d"]
         assert row == {
             "model": round(float(got["crps_model"]), 3),
             "persistence": round(float(got["crps_persistence"]), 3),
+            "spread_skill": round(float(got["spread_skill_model"]), 3),
         }
         assert f"{target:<28}{'1d':>6}{row['model']:>12.3f}" in printed
     assert (out / "forecast.png").stat().st_size > 1000
