@@ -483,9 +483,12 @@ class Worker:
         (``jobs/ID/forecast.zarr/temperature/c``). The server's layout is not the client's
         business; the log keeps the full paths."""
         root = Path(self.settings.data_dir)
-        # Longest first, so that the resolved form of a symlinked folder is not cut in half.
-        for folder in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
-            error = error.replace(folder + os.sep, "").replace(folder, ".")
+        # Absolute forms only, each followed by a separator: a relative data folder ("data")
+        # would also match inside words ("metadata"). Longest first, so that the resolved form
+        # of a symlinked folder is not cut in half.
+        folders = {str(root.resolve())} | ({str(root)} if root.is_absolute() else set())
+        for folder in sorted(folders, key=len, reverse=True):
+            error = error.replace(folder + os.sep, "")
         return error
 
     def _end(self, end: JobEnd) -> None:
