@@ -566,3 +566,79 @@ def test_precipitation_in_metres_is_kept_and_in_millimetres_converted():
         np.testing.assert_allclose(got["total_precipitation_12hr"], rain, rtol=1e-6)
         assert got["total_precipitation_12hr"].attrs["units"] == "m"
         assert got["toa_incident_solar_radiation"].attrs["units"] == "J m-2"
+
+
+def _hourly_precipitation(hours: np.ndarray, *, lazy: bool = False) -> xr.Dataset:
+    """ERA5's hourly ``tp`` (m) as the CDS names it, and ``t2m``, on a 2 x 3 grid at the hours."""
+    rng = np.random.default_rng(1)
+    values = rng.uniform(0.0, 1e-3, (hours.size, 2, 3)).astype(np.float32)
+    data: np.ndarray | dsa.Array = dsa.from_array(values, chunks=(7, 2, 3)) if lazy else values
+    times = np.datetime64("2020-01-01T00", "ns") + hours * np.timedelta64(1, "h")
+    dims = ("time", "latitude", "longitude")
+    return xr.Dataset(
+        {"tp": (dims, data, {"units": "m"}), "t2m": (dims, values + 280.0, {"units": "K"})},
+        {"time": times, "latitude": [-45.0, 45.0], "longitude": [0.0, 120.0, 240.0]},
+    )
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_hourly_precipitation_is_summed_over_the_12_hours_ending_at_each_time(lazy: bool):
+    hours = np.setdiff1d(np.arange(48), [30, 31])  # a two-hour gap in the archive
+    raw = _hourly_precipitation(hours, lazy=lazy)
+    got = reader.canonicalize(raw)
+    assert set(got.data_vars) == {"total_precipitation_12hr", "2m_temperature"}
+    total = got["total_precipitation_12hr"]
+    assert isinstance(total.data, dsa.Array) == lazy
+    assert total.attrs["units"] == "m"
+    hourly = dict(zip(hours.tolist(), raw["tp"].values, strict=True))
+    # Only the times with all 12 hours ending there: not the archive's first 11 hours, nor the
+    # 11 after the gap (32-42), whose sums would reach into it.
+    complete = [h for h in hours.tolist() if all(h - k in hourly for k in range(12))]
+    assert complete == [*range(11, 30), *range(43, 48)]
+    expected_times = np.datetime64("2020-01-01T00", "ns") + np.array(complete) * np.timedelta64(
+        1, "h"
+    )
+    np.testing.assert_array_equal(got["time"].values, expected_times)
+    values = total.values
+    for i, hour in enumerate(complete):
+        expected = np.sum([hourly[hour - k].astype(np.float64) for k in range(12)], axis=0)
+        # float32 sums of 12 values below 1e-3: rounding stays near 12 * 2**-24 relative.
+        np.testing.assert_allclose(values[i], expected, rtol=1e-6, err_msg=str(hour))
+    # The other variables travel with the same times; read without precipitation, keep all.
+    np.testing.assert_array_equal(
+        got["2m_temperature"].values, raw["t2m"].sel(time=expected_times).values
+    )
+    alone = reader.canonicalize(raw, variables=["2m_temperature"])
+    np.testing.assert_array_equal(alone["time"].values, raw["time"].values)
+
+
+def test_hourly_precipitation_stays_lazy():
+    raw = _hourly_precipitation(np.arange(24))
+    raw["tp"] = (raw["tp"].dims, _unreadable(raw["tp"].shape), {"units": "m"})
+    assert isinstance(reader.canonicalize(raw)["total_precipitation_12hr"].data, dsa.Array)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("six-hourly", r"'tp'.*needs hourly times; this archive's are 6 h apart"),
+        ("both", r"'total_precipitation_12hr'.*appear twice"),
+        ("no time", r"'tp' has no time axis"),
+        ("duplicated", r"'time' has duplicated values: \[2020-01-01T05:00\]"),
+        ("too short", r"'tp': the archive holds no 12 consecutive hours"),
+    ],
+)
+def test_hourly_precipitation_that_cannot_be_summed_is_refused(case: str, message: str):
+    raw = _hourly_precipitation(np.arange(24))
+    if case == "six-hourly":
+        raw = raw.isel(time=slice(None, None, 6))
+    elif case == "both":
+        raw["total_precipitation_12hr"] = raw["tp"]
+    elif case == "no time":
+        raw = raw.isel(time=0, drop=True)
+    elif case == "too short":
+        raw = raw.isel(time=slice(0, 11))
+    else:
+        raw = raw.isel(time=[0, 5, 5, 6])
+    with pytest.raises(ArchiveError, match=message):
+        reader.canonicalize(raw)

@@ -251,9 +251,12 @@ def canonicalize(ds: xr.Dataset, *, variables: Sequence[str] | None = None) -> x
     ds = ds.copy()  # shallow: the attributes and encodings set below must not reach the caller's
     ds = _rename_dims(ds)
     ds = _to_valid_time(ds)
+    ds, summed_at = _precipitation_over_12_hours(ds)
     ds = _rename_variables(ds)
     names = _choose_variables(ds, variables, raw_names)
     ds = ds[names]
+    if summed_at is not None and "total_precipitation_12hr" in names:
+        ds = ds.isel(time=summed_at)
     if "member" in ds.dims and "member" not in ds.coords:
         ds = ds.assign_coords(member=np.arange(ds.sizes["member"]))
     for dim in ("latitude", "longitude", "level", "time"):
@@ -538,6 +541,80 @@ def _to_valid_time(ds: xr.Dataset) -> xr.Dataset:
             "('time',) or ('valid_time',)"
         )
     return ds
+
+
+# ERA5's hourly precipitation (the CDS's `tp`): metres of water accumulated over the hour that
+# ends at each time; the catalogue's `total_precipitation_12hr` is the sum of 12 of them.
+_HOURLY_PRECIPITATION = "tp"
+_HOUR = np.timedelta64(1, "h")
+_HOURS_PER_STEP = 12
+
+
+def _precipitation_over_12_hours(ds: xr.Dataset) -> tuple[xr.Dataset, np.ndarray | None]:
+    """Replaces ERA5's hourly ``tp`` with ``total_precipitation_12hr``, lazily.
+
+    The value at time t is the sum of the hourly values at t - 11 h ... t. Where one of those
+    hours is not in the archive (its first 11 hours, and the 11 after a gap) there is no sum:
+    the times that have one are returned, so that a caller reading the variable keeps only
+    them (a NaN target would reach training), decided from the time axis alone.
+
+    Returns:
+      The dataset, and the indices along ``time`` that have a complete sum (None without `tp`).
+
+    Raises:
+      ArchiveError: `tp` without a time axis, with times that are not hourly or fewer than 12
+        in a row, or beside a `total_precipitation_12hr` of the archive's own.
+    """
+    if _HOURLY_PRECIPITATION not in ds.data_vars:
+        return ds, None
+    target = "total_precipitation_12hr"
+    if target in ds.data_vars:
+        raise ArchiveError(
+            f"variable(s) [{target!r}] appear twice: as the archive's own and as ERA5's hourly "
+            f"{_HOURLY_PRECIPITATION!r}, which would be summed into it"
+        )
+    hourly = ds[_HOURLY_PRECIPITATION]
+    if "time" not in hourly.dims or "time" not in ds.coords:
+        raise ArchiveError(
+            f"variable {_HOURLY_PRECIPITATION!r} has no time axis: ERA5's hourly precipitation "
+            f"is summed over 12 h into {target!r}, which needs its hours"
+        )
+    times = np.asarray(ds["time"].values).astype("datetime64[ns]")
+    present, counts = np.unique(times, return_counts=True)
+    if np.any(counts > 1):
+        raise ArchiveError(
+            f"coordinate 'time' has duplicated values: {format_times(present[counts > 1])}, so "
+            f"the hourly precipitation {_HOURLY_PRECIPITATION!r} cannot be summed over 12 h"
+        )
+    steps = np.diff(present)
+    if steps.size and steps.min() != _HOUR:
+        raise ArchiveError(
+            f"variable {_HOURLY_PRECIPITATION!r}: ERA5's precipitation is accumulated over the "
+            f"hour ending at each time, so its 12 h total {target!r} needs hourly times; this "
+            f"archive's are {format_hours(steps.min())} apart"
+        )
+    earliest = times - (_HOURS_PER_STEP - 1) * _HOUR
+    # Hours present up to and including each time, minus those before its first summed hour.
+    complete = (
+        np.searchsorted(present, times, side="right")
+        - np.searchsorted(present, earliest, side="left")
+        == _HOURS_PER_STEP
+    )
+    if not complete.any():
+        raise ArchiveError(
+            f"variable {_HOURLY_PRECIPITATION!r}: the archive holds no {_HOURS_PER_STEP} "
+            f"consecutive hours to sum into {target!r}"
+        )
+    every_hour = np.arange(present[0], present[-1] + _HOUR, _HOUR)
+    total = (
+        hourly.reindex(time=every_hour)
+        .rolling(time=_HOURS_PER_STEP, min_periods=_HOURS_PER_STEP)
+        .sum()
+        .sel(time=times)
+        .assign_attrs(hourly.attrs)
+    )
+    ds = ds.drop_vars(_HOURLY_PRECIPITATION).assign({target: total})
+    return ds, np.flatnonzero(complete)
 
 
 def _rename_variables(ds: xr.Dataset) -> xr.Dataset:

@@ -175,7 +175,7 @@ _CATALOGUE: tuple[Variable, ...] = (
     ),
     Variable(
         name="total_precipitation_12hr",
-        # No CDS short name: ERA5's `tp` is an hourly accumulation, summed over 12 h here.
+        # No CDS short name: the reader sums ERA5's hourly `tp` over the 12 h ending at each time.
         short_name="tp12",
         units="m",
         long_name="Total precipitation over the 12 hours ending at the valid time",
