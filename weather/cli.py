@@ -656,7 +656,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         physics_method=args.physics_method,
         storage_options=options,
     )
-    check_settings(config, args.checkpoint)
+    check_settings(config, args.checkpoint if "model" in forecasters else None)
     archive = open_archive(args.archive, storage_options=options)
     history = history_hours_needed(forecasters, args.members)
     inits = spaced_inits(

@@ -1,6 +1,7 @@
 """Evaluation: spaced inits, resumable forecasts of the model and baselines, scores, the tables."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -300,6 +301,31 @@ def test_an_evaluation_directory_keeps_one_set_of_settings(checkpoint, tmp_path)
     )
     with pytest.raises(ValueError, match=r"members 2 -> 4, sampler None -> '2s:5,spread_sc"):
         check_settings(other, checkpoint)
+
+
+def test_baselines_alone_leave_the_model_settings_to_the_first_run_with_the_model(
+    checkpoint, tmp_path
+):
+    """The checkpoint and sampler make only the model's forecasts: baselines scored first in an
+    out-dir must not bind the model added later, but the model, once there, binds reruns."""
+    config = EvaluationConfig(out_dir=tmp_path / "eval", lead_hours=24, members=2)
+    record = config.out_dir / "settings.json"
+    check_settings(config, None)
+    assert json.loads(record.read_text()) == {"lead_hours": 24, "members": 2, "seed": 0}
+    tuned = EvaluationConfig(
+        out_dir=config.out_dir,
+        lead_hours=24,
+        members=2,
+        sampler=SamplerOverride.parse("2s:5,spread_scale=0.6"),
+    )
+    check_settings(tuned, checkpoint)
+    assert json.loads(record.read_text())["sampler"] == "2s:5,spread_scale=0.6"
+    assert json.loads(record.read_text())["checkpoint"] == Path(checkpoint).name
+    check_settings(config, None)  # more baselines: the model's settings do not concern them
+    with pytest.raises(ValueError, match=r"sampler '2s:5,spread_scale=0.6' -> None"):
+        check_settings(config, checkpoint)
+    with pytest.raises(ValueError, match=r"members 2 -> 4"):
+        check_settings(EvaluationConfig(out_dir=config.out_dir, lead_hours=24, members=4), None)
 
 
 def test_forecasters_are_built_by_name_in_the_order_given(archive, checkpoint, tmp_path):

@@ -120,38 +120,44 @@ def spaced_inits(
     return inits.astype("datetime64[ns]")
 
 
-def check_settings(config: EvaluationConfig, checkpoint: str | Path) -> None:
+def check_settings(config: EvaluationConfig, checkpoint: str | Path | None) -> None:
     """Record what the forecasts under ``out_dir`` were made with; refuse to mix settings.
 
     A rerun resumes by init time, so a rerun with another sampler, ensemble size, seed, lead or
     checkpoint would silently join forecasts made two ways. The first run writes
     ``out_dir/settings.json``; later runs must match it (use another ``out_dir`` otherwise).
+    The checkpoint and sampler make only the model's forecasts: a run without the model
+    (``checkpoint`` None) neither records nor checks them, and the first run with the model
+    adds them to a record made by baselines alone.
 
     Raises:
       ValueError: naming each setting that differs from the recorded one.
     """
-    path = Path(checkpoint)
-    wanted = {
+    wanted: dict[str, object] = {
         "lead_hours": config.lead_hours,
         "members": config.members,
         "seed": config.seed,
-        "sampler": None if config.sampler is None else str(config.sampler),
-        "checkpoint": path.name,
-        "checkpoint_bytes": path.stat().st_size if path.exists() else None,
     }
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        wanted |= {
+            "sampler": None if config.sampler is None else str(config.sampler),
+            "checkpoint": path.name,
+            "checkpoint_bytes": path.stat().st_size if path.exists() else None,
+        }
     record = config.out_dir / "settings.json"
-    if record.exists():
-        have = json.loads(record.read_text())
-        differ = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
-        if differ:
-            text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differ.items())
-            raise ValueError(
-                f"out_dir: {config.out_dir} holds forecasts made with other settings ({text}); "
-                "use another out_dir or the recorded settings"
-            )
+    have = json.loads(record.read_text()) if record.exists() else {}
+    differ = {k: (have[k], v) for k, v in wanted.items() if k in have and have[k] != v}
+    if differ:
+        text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differ.items())
+        raise ValueError(
+            f"out_dir: {config.out_dir} holds forecasts made with other settings ({text}); "
+            "use another out_dir or the recorded settings"
+        )
+    if wanted.keys() <= have.keys():
         return
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes(record, (json.dumps(wanted, indent=1) + "\n").encode())
+    write_bytes(record, (json.dumps(have | wanted, indent=1) + "\n").encode())
 
 
 def _init_name(init: np.datetime64) -> str:
