@@ -93,3 +93,43 @@ def test_candidates_scored_at_other_leads_are_refused(tmp_path):
     )
     assert done.returncode != 0
     assert "lead_time: the candidate was scored at other leads than the base" in done.stderr
+
+
+def test_runs_joined_by_plus_are_averaged_and_compared_with_each_other(tmp_path):
+    """Two seeds of the base (CRPS 1 and 3: mean 2) against a candidate at 1 everywhere; the
+    lead bands hold the headline geometric mean of their own leads only."""
+    leads = np.array([12, 24 * 6, 24 * 11], dtype="timedelta64[h]").astype("timedelta64[ns]")
+
+    def scores(z500: list[float], sp: list[float], spread_skill: float) -> xr.Dataset:
+        crps = {
+            "geopotential": np.array([z500, [1.0, 1.0, 1.0]]),  # 500 headline, 850 not
+            "surface_pressure": np.array(sp),
+        }
+        ratio = {k: np.full_like(v, spread_skill) for k, v in crps.items()}
+        fields = {}
+        for name in crps:
+            stacked = np.stack([crps[name], ratio[name]])[None]
+            dims = ["model", "metric"] + (["level"] if stacked.ndim == 4 else []) + ["lead_time"]
+            fields[name] = (dims, stacked)
+        coords = {"model": ["model"], "metric": ["crps", "spread_skill"], "level": LEVELS}
+        return xr.Dataset(fields, coords={**coords, "lead_time": leads})
+
+    seed0 = _write(tmp_path / "seed0", scores([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], 0.7))
+    seed1 = _write(tmp_path / "seed1", scores([3.0, 3.0, 3.0], [3.0, 3.0, 3.0], 0.9))
+    candidate = _write(tmp_path / "cand", scores([1.0, 2.0, 4.0], [1.0, 2.0, 1.0], 1.0))
+    got = _run(Path(f"{seed0}+{seed1}"), candidate)
+    answer = got["candidates"][str(candidate)]
+    # Against the mean 2: z500 0.5 / 1 / 2, sp 0.5 / 1 / 0.5; z850 is 1 in every run: 1 x3.
+    want = np.exp(np.mean(np.log([0.5, 1, 2, 1, 1, 1, 0.5, 1, 0.5])))
+    assert answer["crps_ratio_geomean"] == pytest.approx(want, rel=1e-12)
+    assert (answer["headline_wins"], answer["headline_total"]) == (3, 6)
+    bands = answer["headline_geomean_by_days"]
+    assert bands["to 5 d"] == pytest.approx(0.5)  # the 12 h lead: z500 and sp both 0.5
+    assert bands["5-10 d"] == pytest.approx(1.0)  # day 6: both 1
+    assert bands["beyond 10 d"] == pytest.approx(1.0)  # day 11: sqrt(2 x 0.5)
+    # The base's spread/skill is the mean of its runs' (0.8: in range at every later lead).
+    assert answer["base_spread_skill_in_range"] == 6
+    # Chance, measured: the base's second seed against its first, 3 times the CRPS at the six
+    # z500 and sp values, equal at the three z850 values.
+    assert got["base_runs"]["crps_ratio_geomean"] == pytest.approx(3 ** (6 / 9), rel=1e-12)
+    assert got["base_runs"]["wins"] == 0
