@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from weather.data.harmonics import default_max_wavenumber
 from weather.data.legendre import normalized_legendre
 
 NoiseFn = Callable[[jax.Array, tuple[int, ...]], jax.Array]
@@ -62,11 +63,6 @@ grid noises of :func:`make_noise_fn` find ``[lat, lon]`` in ``shape``.
 
 NoiseKind = Literal["spherical", "iid"]
 NOISE_KINDS: tuple[str, ...] = ("spherical", "iid")
-
-
-def default_max_wavenumber(n_lat: int, n_lon: int) -> int:
-    """The default truncation ``L = min(n_lon // 2 - 1, n_lat - 1)`` (see the module docstring)."""
-    return min(n_lon // 2 - 1, n_lat - 1)
 
 
 def spherical_correlation(distance_rad: np.ndarray, max_wavenumber: int) -> np.ndarray:
