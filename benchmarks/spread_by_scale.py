@@ -22,6 +22,13 @@ init times and over the degrees of each ``--bands`` entry they give
 
 The sums over degrees of every band reproduce the global spread and RMSE up to the grid's
 quadrature (the ``all`` band). Nothing is sampled here: the forecasts are read as they are.
+
+``--all-channels`` scores every level of every variable instead of the headline targets, and
+``--suggest`` adds ``degree_scales_text``: for each channel and band, the factor that would
+calibrate the first lead's spread there (``1 / spread_skill``, the out-dirs averaged, clipped
+to [0.5, 2]) as `weather evaluate --sampler` text (``degree_scale.CHANNEL.FIRST=F``, entries
+within 5 % of 1 left out). The deviation that the sampler shapes is what makes the first
+step's spread, so at the first lead the factors act one to one, as tau does per channel.
 """
 
 from __future__ import annotations
@@ -120,6 +127,27 @@ def scale_scores(
     return out
 
 
+def suggest(
+    runs: dict[str, dict[str, Any]], channels: dict[str, str], lead: str, bands: list[str]
+) -> str:
+    """``degree_scale.CHANNEL.FIRST=F`` entries calibrating ``lead``'s spread per band.
+
+    A factor holds from its entry's degree up to the next entry, so an entry is written
+    wherever a channel's factor changes from the band below (1 below the first band).
+    """
+    entries = []
+    for label, channel in channels.items():
+        previous = 1.0
+        for band in bands:
+            ratios = [r[label][lead][band]["spread_skill"] for r in runs.values() if label in r]
+            factor = round(float(np.clip(1.0 / np.mean(ratios), 0.5, 2.0)), 2)
+            factor = 1.0 if abs(factor - 1.0) < 0.05 else factor
+            if factor != previous:
+                entries.append(f"degree_scale.{channel}.{band.partition('-')[0]}={factor:g}")
+            previous = factor
+    return ",".join(entries)
+
+
 def draw(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -170,22 +198,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bands", default=DEFAULT_BANDS, help="degree ranges, FIRST-LAST,...")
     parser.add_argument("--forecaster", default="model")
     parser.add_argument("--figure", type=Path, default=None)
+    parser.add_argument("--all-channels", action="store_true", help="every level of every variable")
+    parser.add_argument(
+        "--suggest", action="store_true", help="degree_scale text calibrating the first lead"
+    )
     args = parser.parse_args(argv)
     bands = parse_bands(args.bands)
     leads = [int(h) for h in args.leads.split(",")]
     start = time.perf_counter()
     truth = open_archive(args.archive)
     runs = {}
+    targets: list[tuple[str, int | None]] = list(HEADLINE)
     for out_dir in args.out_dirs:
         forecast = finished_forecasts(out_dir, args.forecaster)
-        runs[out_dir] = scale_scores(forecast, truth, list(HEADLINE), leads, bands)
-    result = {
+        if args.all_channels:
+            targets = [
+                (str(name), None if "level" not in forecast[name].dims else int(level))
+                for name in forecast.data_vars
+                for level in (forecast["level"].values if "level" in forecast[name].dims else [0])
+            ]
+        runs[out_dir] = scale_scores(forecast, truth, targets, leads, bands)
+    result: dict[str, Any] = {
         "benchmark": "spread_by_scale",
         "archive": args.archive,
         "bands": [f"{a}-{b}" for a, b in bands] + ["all"],
         "runs": runs,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if args.suggest:
+        channels = {target_label(n, lv): n if lv is None else f"{n}@{lv}" for n, lv in targets}
+        result["degree_scales_text"] = suggest(
+            runs, channels, str(leads[0]), [f"{a}-{b}" for a, b in bands]
+        )
     if args.figure is not None:
         draw(result, args.figure)
         result["figure"] = str(args.figure)

@@ -215,8 +215,9 @@ def _sampler_option(p: argparse.ArgumentParser) -> None:
         help="sampler, applied to the checkpoint's: N noise levels, the solver 2s (DPM-Solver++ "
         "2S, 2N-1 denoiser calls per step) or 2m (multistep, N calls), and SamplerConfig fields, "
         "e.g. 2s:20 (GenCast's), 2m:10, 2s:5,spread_scale=0.5; spread_scale.NAME=T sets the "
-        "spread scale of one variable (all levels) or channel (temperature@850); default: the "
-        "checkpoint's",
+        "spread scale of one variable (all levels) or channel (temperature@850); "
+        "degree_scale[.NAME].D=F multiplies the spherical-harmonic degrees from D up of the "
+        "sample's deviation (every channel, or NAME's); default: the checkpoint's",
     )
 
 
@@ -698,6 +699,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from weather.model.checkpoint import export_checkpoint, load_checkpoint
     from weather.model.denoiser import ModelConfig, channel_spread_scales
+    from weather.model.spectral import check_degree_names
 
     sampler = conserve = None
     metadata: dict[str, Any] = {}
@@ -707,6 +709,7 @@ def _export(args: argparse.Namespace) -> int:
         chosen = override.apply(model.sampler)
         try:
             channel_spread_scales(model.task, chosen)  # names this model's variables?
+            check_degree_names(model.task.channel_names(), chosen.degree_scales)
         except ValueError as error:
             print(f"error: --sampler: {error}", file=sys.stderr)
             return 2

@@ -117,6 +117,56 @@ def test_per_variable_spread_scales_reach_their_channels_in_sample_step(model):
         )
 
 
+def test_degree_scales_shape_the_deviation_of_their_channels_in_sample_step(model):
+    """``degree_scale.VARIABLE.D`` multiplies the degrees of that variable's deviation from the
+    first estimate, before tau: with the same keys, the physical state is ``tiny + tau *
+    F(full - tiny)`` where ``full`` is the sample without deflation, ``tiny`` the first
+    estimate (tau 1e-6) and ``F`` the degree filter (here by the float64 numpy transform);
+    channels without entries are deflated as before."""
+    from weather.data.harmonics import SphericalTransform
+
+    fc = model[0]
+    names = fc.task.channel_names()
+    variable = fc.task.level_variables[0]
+    text = f"2s:3,spread_scale=0.5,degree_scale.{variable}.0=1.4,degree_scale.{variable}.5=0.6"
+    shaped = SamplerOverride.parse(text).apply(fc.config.sampler)
+    fc_stub = type(fc).__new__(type(fc))
+    fc_stub.__dict__.update(fc.__dict__)
+    fc_stub.denoise = lambda p, x, sigma, cond: x / (1 + sigma[:, None, None, None] ** 2)
+    plain = SamplerOverride.parse("2s:3").apply(fc.config.sampler)
+
+    def draw(config):
+        return np.asarray(_one_step(fc_stub, model, 2, config), np.float64)
+
+    got = draw(shaped)
+    full = draw(dataclasses.replace(plain, spread_scale=1.0))
+    tiny = draw(dataclasses.replace(plain, spread_scale=1e-6))
+    transform = SphericalTransform.build(fc.latitude, fc.longitude)
+    degree = np.arange(transform.max_degree + 1)
+    gain = np.where(degree < 5, 1.4, 0.6) - 1.0
+    deviation = np.moveaxis(full - tiny, -1, 1)  # [M, C, H, W]
+    coefficients = transform.coefficients(deviation) * gain
+    shaped_deviation = np.moveaxis(deviation + transform.synthesize(coefficients), 1, -1)
+    want = tiny + 0.5 * (full - tiny)
+    mine = [c for c, n in enumerate(names) if n.startswith(f"{variable}@")]
+    others = [c for c, n in enumerate(names) if not n.startswith(f"{variable}@")]
+    want[..., mine] = tiny[..., mine] + 0.5 * shaped_deviation[..., mine]
+    # The three draws round differently in float32: measured 0.6 (shaped) and 1.2 (others)
+    # ulps of each channel's magnitude; tau 1e-6 leaves 1e-6 of the deviation.
+    assert_close_per_channel(got[..., mine], want[..., mine], 4, "shaped")
+    assert_close_per_channel(got[..., others], want[..., others], 4, "others")
+    # And the shaping shows: the plain deflation differs in those channels.
+    plain_half = tiny + 0.5 * (full - tiny)
+    assert (
+        np.abs(got[..., mine] - plain_half[..., mine]).max()
+        > 100 * EPS * np.abs(plain_half[..., mine]).max()
+    )
+    with pytest.raises(ValueError, match=r"degree_scale\.vorticity\.3: 'vorticity' is neither"):
+        fc.channel_degree_factors(
+            SamplerOverride.parse("degree_scale.vorticity.3=0.5").apply(fc.config.sampler)
+        )
+
+
 def test_the_rollout_is_a_loop_of_sample_steps(model):
     """Roller.run equals calling sample_step step by step with member m's key folded with
     the step, the forcings of each step's times, and the previous two states."""

@@ -356,6 +356,10 @@ def test_sampler_override_parses_once_and_applies_to_any_base():
         ("2s:5,spread_scale.geopotential=x", "spread_scale.geopotential='x' is not a number"),
         ("2s:5,spread_scale.geopotential=-1", "spread_scale.geopotential must be finite"),
         ("2s:5,spread_scale.temperature@850=inf", "spread_scale.temperature@850 must be"),
+        ("2s:5,degree_scale.x=0.5", "degree_scale"),
+        ("2s:5,degree_scale.geopotential.-3=0.5", "degree_scale"),
+        ("2s:5,degree_scale.geopotential.16=0", r"degree_scale\.geopotential\.16 must be"),
+        ("2s:5,degree_scale.16=nan", r"degree_scale\.16 must be finite"),
     ],
 )
 def test_sampler_override_refuses_bad_text_when_parsed(text, message):
@@ -389,6 +393,59 @@ def test_per_name_spread_scales_parse_and_merge_into_the_base():
     assert hash(stored) == hash(sampler.SamplerConfig(spread_scales=(("geopotential", 0.3),)))
     with pytest.raises(ValueError, match="a name repeats"):
         sampler.SamplerConfig(spread_scales=(("geopotential", 0.3), ("geopotential", 0.4)))
+
+
+def test_degree_scales_parse_and_merge_into_the_base():
+    parse = sampler.SamplerOverride.parse
+    base = sampler.SamplerConfig(
+        spread_scale=0.45, degree_scales=(("geopotential", 16, 0.7), ("", 0, 1.1))
+    )
+    got = parse("degree_scale.geopotential.16=0.6,degree_scale.temperature@850.4=1.3").apply(base)
+    # Keyed by (name, first degree): the text replaces or adds, the base's others stay.
+    assert {(n, d): f for n, d, f in got.degree_scales} == {
+        ("geopotential", 16): 0.6,
+        ("", 0): 1.1,
+        ("temperature@850", 4): 1.3,
+    }
+    assert got.spread_scale == 0.45
+    # One spread scale everywhere clears them, as it clears the per-name spread scales.
+    assert parse("2s:20,spread_scale=1").apply(base) == sampler.SamplerConfig()
+    # As stored in a checkpoint's JSON: lists come back as the same hashable config.
+    stored = sampler.SamplerConfig(degree_scales=[["", 16, 0.7]])  # type: ignore[arg-type]
+    assert stored == sampler.SamplerConfig(degree_scales=(("", 16, 0.7),))
+    assert hash(stored) == hash(sampler.SamplerConfig(degree_scales=(("", 16, 0.7),)))
+    with pytest.raises(ValueError, match=r"a \(name, degree\) repeats"):
+        sampler.SamplerConfig(degree_scales=(("", 16, 0.7), ("", 16, 0.5)))
+    with pytest.raises(ValueError, match="first degree must be an int >= 0"):
+        sampler.SamplerConfig(degree_scales=(("", 1.5, 0.7),))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("solver", ["2s", "2m"])
+def test_the_deviation_filter_acts_on_the_deviation_from_the_first_estimate(solver, gaussian):
+    # x_N = D_0 + tau * F(x_N(1) - D_0) for the same key, F any linear map: here a fixed
+    # mixing matrix, so that a filter applied to the whole sample, or after tau, would show.
+    mu, q, _ = gaussian
+    mixing = jnp.asarray(np.random.default_rng(7).normal(size=(DIM, DIM)) / 3, jnp.float32)
+
+    def draw(tau, deviation_filter=None):
+        config = sampler.SamplerConfig(num_steps=6, solver=solver, spread_scale=tau)
+        one = functools.partial(
+            sampler.sample,
+            _ideal_denoiser(mu, q),
+            shape=(DIM,),
+            config=config,
+            noise_fn=jax.random.normal,
+            deviation_filter=deviation_filter,
+        )
+        keys = jax.random.split(jax.random.key(11), 64)
+        return np.asarray(jax.jit(jax.vmap(one))(keys))
+
+    full, tiny = draw(1.0), draw(1e-6)  # tiny: D_0 up to 1e-6 of the deviation
+    got = draw(0.5, lambda d: d @ mixing.T)
+    want = tiny + 0.5 * (full - tiny) @ np.asarray(mixing).T
+    np.testing.assert_allclose(got, want, atol=1e-4)  # float32, |x| < 6, as the test above
+    # With tau = 1 the filter alone still applies (GenCast's exact path is not taken).
+    np.testing.assert_allclose(draw(1.0, lambda d: 0.5 * d), tiny + 0.5 * (full - tiny), atol=1e-4)
 
 
 @pytest.mark.parametrize("solver", ["2s", "2m"])

@@ -95,3 +95,29 @@ def test_bands_against_closed_forms(tmp_path):
     assert got["4-7"]["error"] == pytest.approx(0.0, abs=tol)  # float32 truth: ~4e-9
     # All degrees: sqrt((M + 1) / M * 2 c^2 / 1) = sqrt(3) c.
     assert got["all"]["spread_skill"] == pytest.approx(np.sqrt(3.0) * c, rel=tol)
+
+
+def test_suggested_degree_scales_average_runs_and_mark_every_change():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "spread_by_scale", REPO / "benchmarks" / "spread_by_scale.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def run(*ratios: float) -> dict:
+        bands = ("0-3", "4-7", "8-15", "16-31")
+        return {
+            "z500": {"12": {b: {"spread_skill": r} for b, r in zip(bands, ratios, strict=True)}}
+        }
+
+    # Two runs averaged: 1 / mean(0.4, 0.6) = 2; 4-7 and 8-15 within 5 % of 1 -> 1, written
+    # at 4 because the factor changes there; 16-31: 1 / 4 clipped to 0.5.
+    runs = {"a": run(0.4, 0.97, 1.0, 3.0), "b": run(0.6, 0.99, 1.02, 5.0)}
+    text = module.suggest(runs, {"z500": "geopotential@500"}, "12", ["0-3", "4-7", "8-15", "16-31"])
+    assert text == (
+        "degree_scale.geopotential@500.0=2,degree_scale.geopotential@500.4=1,"
+        "degree_scale.geopotential@500.16=0.5"
+    )

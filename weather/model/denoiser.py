@@ -25,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from weather.data.grid import cell_area_weights
+from weather.data.harmonics import default_max_wavenumber
 from weather.model import backbone as backbone_lib
 from weather.model import edm as edm_lib
 from weather.model import noise as noise_lib
 from weather.model import sampler as sampler_lib
+from weather.model import spectral
 from weather.model.task import Normalization, TaskConfig, loss_weights
 
 
@@ -188,10 +190,31 @@ class Forecaster:
                 )
             self.weights = self.weights * jnp.asarray(n.valid)
         self.channel_spread_scales(config.sampler)  # names checked when the model is built
+        self.channel_degree_factors(config.sampler)
 
     def channel_spread_scales(self, sampler: sampler_lib.SamplerConfig) -> np.ndarray | None:
         """`channel_spread_scales` of this model's task."""
         return channel_spread_scales(self.task, sampler)
+
+    def channel_degree_factors(self, sampler: sampler_lib.SamplerConfig) -> np.ndarray | None:
+        """The sampler's ``degree_scales`` as factors ``[L + 1, C]`` for this grid and task
+        (`weather.model.spectral.channel_degree_factors`; None without any)."""
+        if not sampler.degree_scales:
+            return None
+        top = default_max_wavenumber(self.latitude.size, self.longitude.size)
+        return spectral.channel_degree_factors(
+            self.task.channel_names(), sampler.degree_scales, top
+        )
+
+    def deviation_filter(
+        self, sampler: sampler_lib.SamplerConfig
+    ) -> Callable[[jax.Array], jax.Array] | None:
+        """The sampler's ``degree_scales`` as the ``[M, H, W, C]`` map `sampler.sample`
+        applies to each sample's deviation (None without any)."""
+        factors = self.channel_degree_factors(sampler)
+        if factors is None:
+            return None
+        return spectral.degree_filter(self.latitude, self.longitude, factors)
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -369,6 +392,7 @@ class Forecaster:
             config,
             noise_fn,
             self.channel_spread_scales(config),  # [C]: channels are last
+            self.deviation_filter(config),
         )
         out = self.conserved(current, self.baseline(current) + residual * self._baseline_scale)
         if self._clip:  # precipitation and humidity are never negative

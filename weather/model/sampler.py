@@ -65,6 +65,22 @@ Conditioning (previous states, forcings) and parameters are closed over by the c
 SOLVERS = ("2s", "2m")
 
 
+def degree_scale_label(name: str, first: int) -> str:
+    """How a `SamplerConfig.degree_scales` entry is written: ``degree_scale[.NAME].DEGREE``."""
+    return f"degree_scale.{name}.{first}" if name else f"degree_scale.{first}"
+
+
+def _degree(value: object, name: str) -> int:
+    degree = (
+        int(value) if isinstance(value, int | np.integer) and not isinstance(value, bool) else -1
+    )
+    if degree < 0:
+        raise ValueError(
+            f"degree_scale.{name}: the first degree must be an int >= 0, got {value!r}"
+        )
+    return degree
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplerConfig:
     """DPM-Solver++(2S) with stochastic churn; defaults are GenCast's (Price et al. 2024).
@@ -95,6 +111,16 @@ class SamplerConfig:
         so one tau cannot calibrate all of them. The sampler itself only sees the per-channel
         array its caller builds from these (`sample`'s ``spread_scale``); names are checked
         against the model's channels there (`weather.model.denoiser.Forecaster`).
+      degree_scales: ``(name, first_degree, factor)`` triples that shape the deviation from
+        the first evaluation by spatial scale before tau applies: a channel's deviation is
+        analysed into spherical harmonics and its degrees from ``first_degree`` up to the next
+        entry's (or the grid's truncation) are multiplied by ``factor``; degrees below its
+        first entry are left alone. ``name`` is a channel (``"geopotential@500"``), a variable,
+        or ``""`` for every channel; a channel takes the entries of the most specific name that
+        has any. The deviation of a model's sample can be over-dispersed at the grid's finest
+        scales while its planetary waves are under-dispersed (`benchmarks/spread_by_scale.py`),
+        which no per-channel tau can fix. Applied by the caller's ``deviation_filter``
+        (`weather.model.spectral`); names and degrees are checked against the model there.
     """
 
     num_steps: int = 20
@@ -108,6 +134,7 @@ class SamplerConfig:
     solver: str = "2s"
     spread_scale: float = 1.0
     spread_scales: tuple[tuple[str, float], ...] = ()
+    degree_scales: tuple[tuple[str, int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.spread_scale) and self.spread_scale > 0):
@@ -121,6 +148,19 @@ class SamplerConfig:
         for name, tau in pairs:
             if not (math.isfinite(tau) and tau > 0):
                 raise ValueError(f"spread_scale.{name} must be finite and > 0, got {tau}")
+        triples = tuple(
+            (str(name), _degree(first, name), float(factor))
+            for name, first, factor in self.degree_scales
+        )
+        object.__setattr__(self, "degree_scales", triples)
+        keys = [(name, first) for name, first, _ in triples]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"degree_scales: a (name, degree) repeats in {keys}")
+        for name, first, factor in triples:
+            if not (math.isfinite(factor) and factor > 0):
+                raise ValueError(
+                    f"{degree_scale_label(name, first)} must be finite and > 0, got {factor}"
+                )
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int | np.integer):
@@ -198,6 +238,7 @@ def sample(
     config: SamplerConfig,
     noise_fn: NoiseFn,
     spread_scale: np.ndarray | None = None,
+    deviation_filter: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """Draw one sample ``x_N`` (of ``shape``) by DPM-Solver++(2S or 2M) with churn.
 
@@ -217,6 +258,9 @@ def sample(
       spread_scale: tau per element, a numpy array that broadcasts against ``shape`` (e.g.
         ``[channel]`` for channels-last samples); None: ``config.spread_scale`` everywhere.
         Static: fixed at trace time like ``config``.
+      deviation_filter: a linear map applied to the sample's deviation from the first estimate
+        before tau, ``x_N <- D_0 + tau * filter(x_N - D_0)`` (`config.degree_scales` as built
+        by `weather.model.spectral.degree_filter`); None: the identity.
 
     Returns:
       the sample, ``shape``, in ``noise_fn``'s dtype.
@@ -239,10 +283,12 @@ def sample(
     tau = np.asarray(config.spread_scale if spread_scale is None else spread_scale, np.float64)
     if not np.all(np.isfinite(tau) & (tau > 0)):
         raise ValueError(f"spread_scale must be finite and > 0 everywhere, got {tau}")
-    exact = bool(np.all(tau == 1.0))  # GenCast's sampler: no first estimate carried
+    # GenCast's sampler: no first estimate carried.
+    exact = bool(np.all(tau == 1.0)) and deviation_filter is None
+    shape_deviation = deviation_filter or (lambda d: d)
 
     def deflated(x: jax.Array, mean: jax.Array) -> jax.Array:
-        return mean + jnp.asarray(tau, dtype) * (x - mean)
+        return mean + jnp.asarray(tau, dtype) * shape_deviation(x - mean)
 
     def keep_first(i: jax.Array, d_hat: jax.Array, mean: jax.Array) -> jax.Array:
         return jnp.where(i == 0, d_hat, mean)
@@ -290,6 +336,16 @@ def sample(
     return deflated(x, mean)
 
 
+def _parse_degree_key(key: str) -> tuple[str, int] | None:
+    """``degree_scale.DEGREE`` -> ``("", DEGREE)``, ``degree_scale.NAME.DEGREE`` -> ``(NAME,
+    DEGREE)``; None for any other key."""
+    rest = key.removeprefix("degree_scale.")
+    if rest == key:
+        return None
+    name, _, degree = rest.rpartition(".")
+    return (name, int(degree)) if degree.isdigit() else None
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerOverride:
     """Changes to a checkpoint's sampler, parsed once where the user gives them (a command
@@ -335,17 +391,20 @@ class SamplerOverride:
         numbers = {
             f.name
             for f in dataclasses.fields(SamplerConfig)
-            if f.name not in ("solver", "num_steps", "spread_scales")
+            if f.name not in ("solver", "num_steps", "spread_scales", "degree_scales")
         }
         scales: dict[str, float] = {}
+        degrees: dict[tuple[str, int], float] = {}
         for item in rest:
             name, sep, value = item.partition("=")
             name, value = name.strip(), value.strip()
             per_name = name.startswith("spread_scale.") and len(name) > len("spread_scale.")
-            if not sep or not (per_name or name in numbers):
+            by_degree = _parse_degree_key(name)
+            if not sep or not (per_name or by_degree or name in numbers):
                 raise ValueError(
-                    f"sampler: {item!r} is not FIELD=VALUE with FIELD one of {sorted(numbers)} "
-                    "or spread_scale.NAME (NAME a variable or a channel such as temperature@850)"
+                    f"sampler: {item!r} is not FIELD=VALUE with FIELD one of {sorted(numbers)}, "
+                    "spread_scale.NAME (NAME a variable or a channel such as temperature@850) "
+                    "or degree_scale[.NAME].DEGREE (an int)"
                 )
             try:
                 number = float(value)
@@ -353,10 +412,14 @@ class SamplerOverride:
                 raise ValueError(f"sampler: {name}={value!r} is not a number") from None
             if per_name:
                 scales[name.removeprefix("spread_scale.")] = number
+            elif by_degree:
+                degrees[by_degree] = number
             else:
                 changes[name] = number
         if scales:
             changes["spread_scales"] = tuple(scales.items())
+        if degrees:
+            changes["degree_scales"] = tuple((n, d, f) for (n, d), f in degrees.items())
         override = cls(tuple(changes.items()), text)
         override.apply(SamplerConfig())  # the values, now rather than when a model is loaded
         return override
@@ -368,13 +431,21 @@ class SamplerOverride:
         entry, the others are kept, as every field the text does not name is; but a text that
         sets ``spread_scale`` itself means one scale everywhere, so it clears ``base``'s names
         (``"2s:20,spread_scale=1"`` is GenCast's sampler whatever the checkpoint carried).
+        Degree scales merge the same way, keyed by (name, first degree), and the same
+        ``spread_scale`` clears the base's.
         """
         changes = dict(self.changes)
-        kept = () if "spread_scale" in changes else base.spread_scales
-        if "spread_scales" in changes or "spread_scale" in changes:
+        everywhere = "spread_scale" in changes
+        kept = () if everywhere else base.spread_scales
+        if "spread_scales" in changes or everywhere:
             changes["spread_scales"] = tuple(
                 {**dict(kept), **dict(changes.get("spread_scales", ()))}.items()
             )
+        kept_degrees = () if everywhere else base.degree_scales
+        if "degree_scales" in changes or everywhere:
+            merged = {(n, d): f for n, d, f in kept_degrees}
+            merged.update({(n, d): f for n, d, f in changes.get("degree_scales", ())})
+            changes["degree_scales"] = tuple((n, d, f) for (n, d), f in merged.items())
         return dataclasses.replace(base, **changes)
 
     def __str__(self) -> str:
