@@ -217,7 +217,8 @@ def _sampler_option(p: argparse.ArgumentParser) -> None:
         "e.g. 2s:20 (GenCast's), 2m:10, 2s:5,spread_scale=0.5; spread_scale.NAME=T sets the "
         "spread scale of one variable (all levels) or channel (temperature@850); "
         "degree_scale[.NAME].D=F multiplies the spherical-harmonic degrees from D up of the "
-        "sample's deviation (every channel, or NAME's); default: the checkpoint's",
+        "sample's deviation (every channel, or NAME's), state_degree_scale[.NAME].D=F those of "
+        "each new state; default: the checkpoint's",
     )
 
 
@@ -710,6 +711,7 @@ def _export(args: argparse.Namespace) -> int:
         try:
             channel_spread_scales(model.task, chosen)  # names this model's variables?
             check_degree_names(model.task.channel_names(), chosen.degree_scales)
+            check_degree_names(model.task.channel_names(), chosen.state_degree_scales)
         except ValueError as error:
             print(f"error: --sampler: {error}", file=sys.stderr)
             return 2

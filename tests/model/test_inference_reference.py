@@ -167,6 +167,34 @@ def test_degree_scales_shape_the_deviation_of_their_channels_in_sample_step(mode
         )
 
 
+def test_state_degree_scales_damp_the_new_state_in_sample_step(model):
+    """``state_degree_scale.VARIABLE.D`` multiplies degrees ``>= D`` of that variable's new
+    physical state, the deviation's shaping and deflation unchanged: the damped step equals
+    ``F`` applied to the undamped step (same keys), ``F`` by the float64 numpy transform."""
+    from weather.data.harmonics import SphericalTransform
+
+    fc = model[0]
+    names = fc.task.channel_names()
+    variable = fc.task.level_variables[1]
+    plain = SamplerOverride.parse("2s:3,spread_scale=0.5").apply(fc.config.sampler)
+    damped = SamplerOverride.parse(f"state_degree_scale.{variable}.6=0.8").apply(plain)
+    undamped = np.asarray(_one_step(*model[:1], model, 2, plain), np.float64)
+    got = np.asarray(_one_step(*model[:1], model, 2, damped), np.float64)
+    transform = SphericalTransform.build(fc.latitude, fc.longitude)
+    gain = np.where(np.arange(transform.max_degree + 1) >= 6, 0.8, 1.0) - 1.0
+    state = np.moveaxis(undamped, -1, 1)  # [M, C, H, W]
+    want = np.moveaxis(state + transform.synthesize(transform.coefficients(state) * gain), 1, -1)
+    mine = [c for c, n in enumerate(names) if n.startswith(f"{variable}@")]
+    others = [c for c, n in enumerate(names) if not n.startswith(f"{variable}@")]
+    # float32 states filtered by float32 einsums against float64: measured 0.9 ulps.
+    assert_close_per_channel(got[..., mine], want[..., mine], 8, "damped")
+    np.testing.assert_array_equal(got[..., others], undamped[..., others])
+    assert (
+        np.abs(got[..., mine] - undamped[..., mine]).max()
+        > 1e3 * EPS * np.abs(undamped[..., mine]).max()
+    )
+
+
 def test_the_rollout_is_a_loop_of_sample_steps(model):
     """Roller.run equals calling sample_step step by step with member m's key folded with
     the step, the forcings of each step's times, and the previous two states."""

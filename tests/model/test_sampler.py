@@ -418,6 +418,15 @@ def test_degree_scales_parse_and_merge_into_the_base():
         sampler.SamplerConfig(degree_scales=(("", 16, 0.7), ("", 16, 0.5)))
     with pytest.raises(ValueError, match="first degree must be an int >= 0"):
         sampler.SamplerConfig(degree_scales=(("", 1.5, 0.7),))  # type: ignore[arg-type]
+    # State degree scales: their own key, merged the same way, kept by a new spread scale.
+    damped = parse("state_degree_scale.16=0.95,state_degree_scale.temperature.20=0.9").apply(got)
+    assert damped.state_degree_scales == (("", 16, 0.95), ("temperature", 20, 0.9))
+    assert damped.degree_scales == got.degree_scales
+    again = parse("spread_scale=0.5,state_degree_scale.16=0.9").apply(damped)
+    assert again.state_degree_scales == (("", 16, 0.9), ("temperature", 20, 0.9))
+    assert again.degree_scales == ()
+    with pytest.raises(ValueError, match=r"state_degree_scale\.16 must be finite"):
+        parse("state_degree_scale.16=0")
 
 
 @pytest.mark.parametrize("solver", ["2s", "2m"])

@@ -191,27 +191,31 @@ class Forecaster:
             self.weights = self.weights * jnp.asarray(n.valid)
         self.channel_spread_scales(config.sampler)  # names checked when the model is built
         self.channel_degree_factors(config.sampler)
+        self.channel_degree_factors(config.sampler, state=True)
 
     def channel_spread_scales(self, sampler: sampler_lib.SamplerConfig) -> np.ndarray | None:
         """`channel_spread_scales` of this model's task."""
         return channel_spread_scales(self.task, sampler)
 
-    def channel_degree_factors(self, sampler: sampler_lib.SamplerConfig) -> np.ndarray | None:
-        """The sampler's ``degree_scales`` as factors ``[L + 1, C]`` for this grid and task
-        (`weather.model.spectral.channel_degree_factors`; None without any)."""
-        if not sampler.degree_scales:
+    def channel_degree_factors(
+        self, sampler: sampler_lib.SamplerConfig, *, state: bool = False
+    ) -> np.ndarray | None:
+        """The sampler's ``degree_scales`` (``state``: its ``state_degree_scales``) as factors
+        ``[L + 1, C]`` for this grid and task (`weather.model.spectral.channel_degree_factors`;
+        None without any)."""
+        scales = sampler.state_degree_scales if state else sampler.degree_scales
+        if not scales:
             return None
         top = default_max_wavenumber(self.latitude.size, self.longitude.size)
-        return spectral.channel_degree_factors(
-            self.task.channel_names(), sampler.degree_scales, top
-        )
+        return spectral.channel_degree_factors(self.task.channel_names(), scales, top)
 
     def deviation_filter(
-        self, sampler: sampler_lib.SamplerConfig
+        self, sampler: sampler_lib.SamplerConfig, *, state: bool = False
     ) -> Callable[[jax.Array], jax.Array] | None:
         """The sampler's ``degree_scales`` as the ``[M, H, W, C]`` map `sampler.sample`
-        applies to each sample's deviation (None without any)."""
-        factors = self.channel_degree_factors(sampler)
+        applies to each sample's deviation (``state``: its ``state_degree_scales``, the map
+        `sample_step` applies to each new state); None without any."""
+        factors = self.channel_degree_factors(sampler, state=state)
         if factors is None:
             return None
         return spectral.degree_filter(self.latitude, self.longitude, factors)
@@ -394,7 +398,11 @@ class Forecaster:
             self.channel_spread_scales(config),  # [C]: channels are last
             self.deviation_filter(config),
         )
-        out = self.conserved(current, self.baseline(current) + residual * self._baseline_scale)
+        out = self.baseline(current) + residual * self._baseline_scale
+        damping = self.deviation_filter(config, state=True)
+        if damping is not None:  # the new state's finest scales, as hyperdiffusion would
+            out = damping(out)
+        out = self.conserved(current, out)
         if self._clip:  # precipitation and humidity are never negative
             out = jnp.maximum(out, self._lower)
         if self._valid is not None:
