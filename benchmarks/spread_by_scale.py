@@ -162,10 +162,10 @@ def draw(result: dict[str, Any], path: Path) -> None:
         for r, scores in enumerate(runs.values()):
             per_lead = scores[target]
             leads = [int(h) for h in per_lead]
-            for band in result["bands"]:
+            for b, band in enumerate(result["bands"]):
                 ys = [per_lead[str(h)][band]["spread_skill"] for h in leads]
                 label = band if r == 0 else None
-                color = "black" if band == "all" else None
+                color = "black" if band == "all" else f"C{b}"  # one colour per band, all runs
                 ax.plot(np.array(leads) / 24, ys, styles[r % 4], label=label, color=color)
         ax.axhspan(0.8, 1.2, color="0.9")
         ax.axhline(1.0, color="0.5", lw=0.5)
