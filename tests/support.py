@@ -1,10 +1,12 @@
 """What tests build (a real module, not conftest): a small synthetic canonical archive, a tiny
-simulated one, a tiny forecaster config, and per-channel float32 comparison."""
+simulated one, a tiny forecaster config, per-channel float32 comparison, and spherical
+harmonics from scipy (the reference answers of the spectral code)."""
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from scipy.special import sph_harm_y
 
 from weather.data.grid import equiangular_grid
 
@@ -271,3 +273,19 @@ def run(roller, params, prev, cur, static, members, steps=3, seed=0):  # type: i
     )
     assert [lo for lo, _ in chunks] == list(range(0, steps, roller.config.chunk_steps))
     return np.concatenate([c for _, c in chunks], axis=0)  # [steps, M, H, W, C]
+
+
+def real_harmonic(
+    latitude: np.ndarray, longitude: np.ndarray, degree: int, order: int
+) -> np.ndarray:
+    """The real orthonormal Y_lm ``[lat, lon]`` on a grid (degrees) from scipy's complex ones:
+    the cosine harmonic for ``order > 0``, the sine for ``order < 0``."""
+    colat, azimuth = np.meshgrid(
+        np.deg2rad(90.0 - np.asarray(latitude)), np.deg2rad(np.asarray(longitude)), indexing="ij"
+    )
+    y = sph_harm_y(degree, abs(order), colat, azimuth)
+    if order == 0:
+        return np.asarray(y.real)
+    # sqrt(2) Re / Im of Y_l^|m| are the orthonormal cos / sin harmonics, up to the
+    # Condon-Shortley sign (-1)^m, which squares away in every power the tests compare.
+    return np.sqrt(2.0) * (y.real if order > 0 else y.imag)

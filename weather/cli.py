@@ -692,6 +692,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="surface variables whose global mean every 12 h step keeps exactly, e.g. "
         "surface_pressure (the dry atmosphere's mass); 'none' to clear",
     )
+    p.add_argument(
+        "--degree-power-from",
+        metavar="ARCHIVE",
+        type=as_source,
+        help="store the truth's mean power per spherical-harmonic degree of every channel, "
+        "computed from this archive (a training archive, never a scoring one), which the "
+        "sampler's power_cap needs",
+    )
+    p.add_argument(
+        "--degree-power-period",
+        metavar="START,END",
+        help="with --degree-power-from: the period to average over (default: the whole archive)",
+    )
+    p.add_argument(
+        "--degree-power-times",
+        type=int,
+        default=400,
+        help="with --degree-power-from: at most this many evenly spaced times (default 400)",
+    )
+    _storage_option(p)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -704,7 +724,9 @@ def _export(args: argparse.Namespace) -> int:
 
     sampler = conserve = None
     metadata: dict[str, Any] = {}
-    model = ModelConfig.from_dict(load_checkpoint(args.source)["configs"]["model"])
+    saved = load_checkpoint(args.source)
+    model = ModelConfig.from_dict(saved["configs"]["model"])
+    source_norm = saved["normalization"]
     override = _parsed_sampler(args.sampler)
     if override is not None:
         chosen = override.apply(model.sampler)
@@ -712,6 +734,12 @@ def _export(args: argparse.Namespace) -> int:
             channel_spread_scales(model.task, chosen)  # names this model's variables?
             check_degree_names(model.task.channel_names(), chosen.degree_scales)
             check_degree_names(model.task.channel_names(), chosen.state_degree_scales)
+            spectrum = args.degree_power_from is not None or "degree_power" in source_norm
+            if chosen.power_cap and not spectrum:
+                raise ValueError(
+                    "power_cap needs the truth's climatological power per degree, which this "
+                    "checkpoint lacks: add --degree-power-from ARCHIVE (a training archive)"
+                )
         except ValueError as error:
             print(f"error: --sampler: {error}", file=sys.stderr)
             return 2
@@ -726,11 +754,60 @@ def _export(args: argparse.Namespace) -> int:
             print(f"error: --conserve: {error}", file=sys.stderr)
             return 2
         metadata["conserve_set_by"] = f"weather export --conserve {args.conserve}"
+    degree_power = None
+    if args.degree_power_from is not None:
+        degree_power = _archive_degree_power(args, saved)
+        metadata["degree_power_from"] = {
+            "archive": str(args.degree_power_from),
+            "period": args.degree_power_period or "all",
+            "times": args.degree_power_times,
+        }
     out = export_checkpoint(
-        args.source, args.target, sampler=sampler, conserve=conserve, metadata=metadata or None
+        args.source,
+        args.target,
+        sampler=sampler,
+        conserve=conserve,
+        metadata=metadata or None,
+        degree_power=degree_power,
     )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def _archive_degree_power(args: argparse.Namespace, saved: dict[str, Any]) -> Any:
+    """`mean_degree_power` ``[degree, channel]`` of the checkpoint's channels over up to
+    ``--degree-power-times`` evenly spaced times of ``--degree-power-from``."""
+    import numpy as np
+
+    from weather.data.location import storage_options
+    from weather.data.reader import open_archive
+    from weather.forecast.run import check_archive_fits
+    from weather.model.denoiser import ModelConfig
+    from weather.model.spectral import mean_degree_power
+    from weather.model.task import state_to_channels
+    from weather.model.training_run import parse_period
+
+    if args.degree_power_times < 1:
+        raise ValueError(f"--degree-power-times: must be >= 1, got {args.degree_power_times}")
+    task = ModelConfig.from_dict(saved["configs"]["model"]).task
+    grid = saved["configs"]["grid"]
+    lat, lon = np.asarray(grid["latitude"]), np.asarray(grid["longitude"])
+    options = storage_options(args.storage_options)
+    archive = open_archive(args.degree_power_from, storage_options=options)
+    check_archive_fits(task, lat, lon, archive)
+    period = parse_period(args.degree_power_period, "--degree-power-period")
+    if period is not None:
+        archive = archive.sel(time=slice(*period))
+    n = archive.sizes["time"]
+    if n == 0:
+        raise ValueError(f"--degree-power-period: {args.degree_power_period} holds no times")
+    rows = np.unique(np.linspace(0, n - 1, min(n, args.degree_power_times)).round().astype(int))
+    names = [*task.level_variables, *task.surface_variables]
+    picked = archive[names].isel(time=rows)
+    if task.level_variables:
+        picked = picked.sel(level=list(task.levels))
+    states = state_to_channels(task, {name: picked[name].values for name in names})
+    return mean_degree_power(lat, lon, states)
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:

@@ -196,6 +196,47 @@ def test_export_drops_the_training_state_of_a_trained_run(trained, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_export_adds_the_climatological_spectrum_the_power_cap_needs(
+    trained, store, tmp_path, capsys
+):
+    from weather.data.reader import open_archive
+    from weather.forecast import load_forecaster
+    from weather.model.spectral import mean_degree_power
+    from weather.model.task import state_to_channels
+
+    source = trained.run / "checkpoint.msgpack"
+    out = tmp_path / "capped.msgpack"
+    # Without a spectrum the cap is refused before anything is written.
+    assert main(["export", str(source), str(out), "--sampler", "power_cap=1.5"]) == 2
+    assert "power_cap needs the truth's climatological power" in capsys.readouterr().err
+    assert not out.exists()
+    args = ["export", str(source), str(out), "--sampler", "power_cap=1.5,power_cap_degree=2"]
+    args += ["--degree-power-from", str(store), "--degree-power-times", "3"]
+    assert main(args) == 0
+    saved = load_checkpoint(out)
+    model = load_forecaster(out).forecaster
+    assert (model.config.sampler.power_cap, model.config.sampler.power_cap_degree) == (1.5, 2)
+    # The reference: the same three evenly spaced times (first, middle, last), by hand.
+    archive = open_archive(store)
+    n = archive.sizes["time"]
+    picked = archive.isel(time=[0, round((n - 1) / 2), n - 1])
+    task = model.task
+    fields = {v: picked[v].sel(level=list(task.levels)).values for v in task.level_variables}
+    fields.update({v: picked[v].values for v in task.surface_variables})
+    want = mean_degree_power(model.latitude, model.longitude, state_to_channels(task, fields))
+    # Stored as float32: relative rounding 6e-8.
+    np.testing.assert_allclose(saved["normalization"]["degree_power"], want, rtol=1e-6)
+    assert saved["metadata"]["degree_power_from"]["times"] == 3
+    assert model.power_cap_filter(model.config.sampler) is not None
+    # An archive without the model's variables is refused, naming what it lacks.
+    bad = tmp_path / "bad.msgpack"
+    lacking = tmp_path / "lacking.zarr"
+    archive.drop_vars(task.surface_variables[0]).to_zarr(lacking)
+    args = ["export", str(source), str(bad), "--degree-power-from", str(lacking)]
+    assert main(args) == 2 and not bad.exists()
+    assert task.surface_variables[0] in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def forecast_store(tmp_path_factory, archive, statistics) -> Path:
     """`weather forecast` of the tiny service model: 3 members, 24 h, a 2-level 2M sampler."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import sph_harm_y
+from support import real_harmonic
 
 from weather.data.harmonics import SphericalTransform
 
@@ -13,17 +13,6 @@ from weather.data.harmonics import SphericalTransform
 # longitude matters.
 LAT = np.linspace(87.1875, -87.1875, 32)
 LON = np.arange(64) * 5.625 + 2.8125
-COLAT, AZIMUTH = np.meshgrid(np.deg2rad(90.0 - LAT), np.deg2rad(LON), indexing="ij")
-
-
-def real_harmonic(degree: int, order: int) -> np.ndarray:
-    """Real orthonormal Y_lm on the grid from scipy's complex ones (order < 0: the sine)."""
-    y = sph_harm_y(degree, abs(order), COLAT, AZIMUTH)
-    if order == 0:
-        return y.real
-    # sqrt(2) Re / Im of Y_l^|m| are the orthonormal cos / sin harmonics, up to the
-    # Condon-Shortley sign (-1)^m, which squares away in every power below.
-    return np.sqrt(2.0) * (y.real if order > 0 else y.imag)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +45,7 @@ def test_random_band_limited_field_recovered_degree_by_degree(transform):
             if abs(order) > 31:
                 continue
             a = rng.normal()
-            field += a * real_harmonic(degree, order)
+            field += a * real_harmonic(LAT, LON, degree, order)
             expected[degree] += a * a / (4.0 * np.pi)
     # Degree 31 at order 31 is the sharpest the 32 rows resolve; the weighted normal equations
     # there lose a few digits (measured max relative error 3e-10).
@@ -94,5 +83,5 @@ def test_synthesis_inverts_analysis(transform):
     one = np.zeros((2, 32, 32))
     one[0, 2, 4] = 1.0
     np.testing.assert_allclose(
-        np.abs(transform.synthesize(one)), np.abs(real_harmonic(4, 2)), atol=1e-12
+        np.abs(transform.synthesize(one)), np.abs(real_harmonic(LAT, LON, 4, 2)), atol=1e-12
     )

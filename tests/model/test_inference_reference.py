@@ -195,6 +195,60 @@ def test_state_degree_scales_damp_the_new_state_in_sample_step(model):
     )
 
 
+def test_power_cap_holds_the_new_states_finest_scales_within_the_climate(model):
+    """``power_cap=K`` scales degree ``l >= power_cap_degree`` of each member's new state by
+    ``min(1, sqrt(K S_clim / S_l))``: against the float64 numpy transform applied to the
+    uncapped step (same keys), with a climate that one member exceeds and one does not."""
+    from weather.data.harmonics import SphericalTransform
+    from weather.model.denoiser import Forecaster
+
+    fc = model[0]
+    plain = SamplerOverride.parse("2s:3,spread_scale=0.5").apply(fc.config.sampler)
+    uncapped = np.asarray(_one_step(fc, model, 2, plain), np.float64)
+    transform = SphericalTransform.build(fc.latitude, fc.longitude)
+    state = np.moveaxis(uncapped, -1, 1)  # [M, C, H, W]
+    power = transform.power(state)  # [M, C, l]
+    # Between the two members' powers (geometric mean), so that the cap binds for the larger.
+    climate = np.sqrt(power[0] * power[1]).T  # [l, C]
+    capped_model = Forecaster(
+        dataclasses.replace(
+            fc.config, sampler=SamplerOverride.parse("power_cap=1,power_cap_degree=4").apply(plain)
+        ),
+        dataclasses.replace(fc.normalization, degree_power=climate.astype(np.float32)),
+        fc.latitude,
+        fc.longitude,
+    )
+    got = np.asarray(_one_step(capped_model, (capped_model, *model[1:]), 2, None), np.float64)
+    limit = np.moveaxis(np.broadcast_to(climate, (2, *climate.shape)), -1, 1)  # [M, C, l]
+    gain = np.where(
+        np.arange(transform.max_degree + 1) >= 4, np.minimum(1, np.sqrt(limit / power)), 1
+    )
+    want = np.moveaxis(
+        state + transform.synthesize(transform.coefficients(state) * (gain - 1)[:, :, None, None]),
+        1,
+        -1,
+    )
+    # float32 states filtered by float32 einsums against float64: measured 0.8 ulps.
+    assert_close_per_channel(got, want, 8, "capped")
+    # The cap bound somewhere, and it shows in the state.
+    top = np.arange(transform.max_degree + 1) >= 4
+    assert np.any(power[..., top] > limit[..., top] * 1.01)
+    assert np.abs(got - uncapped).max() > 100 * EPS * np.abs(uncapped).max()
+    with pytest.raises(ValueError, match="power_cap needs the truth's climatological power"):
+        Forecaster(
+            dataclasses.replace(
+                fc.config, sampler=SamplerOverride.parse("power_cap=2").apply(plain)
+            ),
+            fc.normalization,
+            fc.latitude,
+            fc.longitude,
+        )
+    with pytest.raises(ValueError, match=r"power_cap_degree=99 is above this grid's truncation"):
+        capped_model.power_cap_filter(
+            SamplerOverride.parse("power_cap=2,power_cap_degree=99").apply(plain)
+        )
+
+
 def test_the_rollout_is_a_loop_of_sample_steps(model):
     """Roller.run equals calling sample_step step by step with member m's key folded with
     the step, the forcings of each step's times, and the previous two states."""

@@ -360,6 +360,10 @@ def test_sampler_override_parses_once_and_applies_to_any_base():
         ("2s:5,degree_scale.geopotential.-3=0.5", "degree_scale"),
         ("2s:5,degree_scale.geopotential.16=0", r"degree_scale\.geopotential\.16 must be"),
         ("2s:5,degree_scale.16=nan", r"degree_scale\.16 must be finite"),
+        ("2s:5,power_cap=-1", r"power_cap must be finite and >= 0 \(0: off\)"),
+        ("2s:5,power_cap=inf", "power_cap must be finite"),
+        ("2s:5,power_cap_degree=2.5", "power_cap_degree must be an int >= 0, got 2.5"),
+        ("2s:5,power_cap_degree=-1", "power_cap_degree must be an int >= 0"),
     ],
 )
 def test_sampler_override_refuses_bad_text_when_parsed(text, message):
@@ -427,6 +431,13 @@ def test_degree_scales_parse_and_merge_into_the_base():
     assert again.degree_scales == ()
     with pytest.raises(ValueError, match=r"state_degree_scale\.16 must be finite"):
         parse("state_degree_scale.16=0")
+    # The power cap: two numbers, the degree an int however the text wrote it; a new spread
+    # scale keeps it (it shapes the fields, not the spread).
+    capped = parse("power_cap=1.5,power_cap_degree=20").apply(damped)
+    assert (capped.power_cap, capped.power_cap_degree) == (1.5, 20)
+    assert type(capped.power_cap_degree) is int
+    assert parse("spread_scale=0.5").apply(capped).power_cap == 1.5
+    assert sampler.SamplerConfig().power_cap == 0  # off unless asked
 
 
 @pytest.mark.parametrize("solver", ["2s", "2m"])

@@ -1,25 +1,27 @@
-"""The sampler's degree scales: which factor each channel's degrees get, and the filter against
-fields built from scipy's spherical harmonics."""
+"""The sampler's degree scales (which factor each channel's degrees get) and power cap, and the
+climatological spectrum the cap reads, against fields built from scipy's spherical harmonics."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import sph_harm_y
+from support import real_harmonic
 
-from weather.model.spectral import channel_degree_factors, degree_filter
+from weather.model.spectral import (
+    channel_degree_factors,
+    degree_filter,
+    mean_degree_power,
+    power_cap_filter,
+)
 
 LAT = np.linspace(-87.1875, 87.1875, 32)
 LON = np.arange(64) * 5.625
-COLAT, AZIMUTH = np.meshgrid(np.deg2rad(90.0 - LAT), np.deg2rad(LON), indexing="ij")
 CHANNELS = ["geopotential@500", "geopotential@850", "temperature@500", "surface_pressure"]
 
 
 def harmonic(degree: int, order: int) -> np.ndarray:
-    """A real orthonormal Y_lm [lat, lon] (cosine for order > 0, sine for < 0)."""
-    y = sph_harm_y(degree, abs(order), COLAT, AZIMUTH)
-    return y.real if order == 0 else np.sqrt(2.0) * (y.real if order > 0 else y.imag)
+    return real_harmonic(LAT, LON, degree, order)
 
 
 def test_each_channel_takes_its_most_specific_entries_piecewise_in_degree():
@@ -70,3 +72,44 @@ def test_filter_leaves_what_the_truncation_cannot_hold():
     np.testing.assert_allclose(np.asarray(shrink)[0, ..., 0], nyquist, atol=1e-5)
     same = degree_filter(LAT, LON, np.ones((32, 2)))(field)
     np.testing.assert_allclose(np.asarray(same), np.asarray(field), atol=0)
+
+
+def test_mean_degree_power_is_the_time_mean_of_each_channels_spectrum():
+    # Two times: degree 3 with power 4 / 4pi then 0, so its mean is 2 / 4pi; degree 10 with
+    # 1 / 4pi at both. A channel with a NaN has no spectrum: inf, never capped.
+    a, b = 2.0 * harmonic(3, -2), harmonic(10, 5)
+    states = np.stack([np.stack([a + b, b]), np.stack([b, a])], axis=-1)  # [T, H, W, C]
+    states[1, 5, 7, 1] = np.nan
+    got = mean_degree_power(LAT, LON, states)
+    want = np.zeros(32)
+    want[3], want[10] = 2.0 / (4 * np.pi), 1.0 / (4 * np.pi)
+    # Float64 least squares against scipy's harmonics: measured 1e-16.
+    np.testing.assert_allclose(got[:, 0], want, atol=1e-12)
+    assert np.all(np.isinf(got[:, 1]))
+    with pytest.raises(ValueError, match=r"states: expected \[time, lat, lon, channel\]"):
+        mean_degree_power(LAT, LON, states[0])
+
+
+def test_power_cap_scales_a_degree_down_to_the_cap_and_leaves_the_rest():
+    # Channel 0: degree 20 at power 8 / 4pi against a climate of 1 / 4pi and a cap of 2, so
+    # its amplitude halves; degree 2 lies below the first capped degree (its power 9x the
+    # climate stays). Channel 1: degree 20 under the cap, untouched. Channel 2: no climate.
+    small = np.sqrt(8.0) * (harmonic(20, -7) + harmonic(20, 3)) / np.sqrt(2.0)  # power 8 / 4pi
+    large = 3.0 * harmonic(2, 1)
+    climate = np.full((32, 3), 1.0 / (4 * np.pi))
+    climate[:, 2] = np.inf
+    field = np.stack([large + small, 0.5 * small, small], axis=-1)
+    want = np.stack([large + 0.5 * small, 0.5 * small, small], axis=-1)
+    members = jnp.asarray(np.stack([field, 0.25 * field]), jnp.float32)  # [M, H, W, C]
+    got = np.asarray(power_cap_filter(LAT, LON, climate, 2.0, 16)(members))
+    # float32 tables and einsums on O(1) values: measured 5e-6 max error.
+    np.testing.assert_allclose(got[0], want, atol=3e-5)
+    # Member 1 (a quarter of the amplitude, power 0.5 / 4pi) is under the cap everywhere.
+    np.testing.assert_allclose(got[1], 0.25 * field, atol=1e-5)
+    # From degree 21 on nothing exceeds: no change at all.
+    same = np.asarray(power_cap_filter(LAT, LON, climate, 2.0, 21)(members))
+    np.testing.assert_array_equal(same, np.asarray(members))
+    with pytest.raises(ValueError, match="cap must be finite and > 0"):
+        power_cap_filter(LAT, LON, climate, 0.0, 16)
+    with pytest.raises(ValueError, match=r"first_degree must be in \[0, 31\]"):
+        power_cap_filter(LAT, LON, climate, 2.0, 32)

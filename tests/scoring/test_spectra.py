@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import sph_harm_y
+from support import real_harmonic
 
 from weather.data.harmonics import SphericalTransform
 from weather.scoring.spectra import spread_skill_by_degree
@@ -14,17 +14,6 @@ from weather.scoring.spectra import spread_skill_by_degree
 # longitude matters.
 LAT = np.linspace(87.1875, -87.1875, 32)
 LON = np.arange(64) * 5.625 + 2.8125
-COLAT, AZIMUTH = np.meshgrid(np.deg2rad(90.0 - LAT), np.deg2rad(LON), indexing="ij")
-
-
-def real_harmonic(degree: int, order: int) -> np.ndarray:
-    """Real orthonormal Y_lm on the grid from scipy's complex ones (order < 0: the sine)."""
-    y = sph_harm_y(degree, abs(order), COLAT, AZIMUTH)
-    if order == 0:
-        return y.real
-    # sqrt(2) Re / Im of Y_l^|m| are the orthonormal cos / sin harmonics, up to the
-    # Condon-Shortley sign (-1)^m, which squares away in every power below.
-    return np.sqrt(2.0) * (y.real if order > 0 else y.imag)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +26,7 @@ def test_spread_skill_by_degree_hand_answer(transform):
     # A (error power 1 / (4 pi), degree 2), the deviations +-c B (unbiased variance
     # 2 c^2 / (4 pi), degree 5).
     c = 0.7
-    a, b = real_harmonic(2, 0), real_harmonic(5, -3)
+    a, b = real_harmonic(LAT, LON, 2, 0), real_harmonic(LAT, LON, 5, -3)
     ensemble = np.stack([a + c * b, a - c * b])[None]  # member axis 1 of [1, 2, lat, lon]
     truth = np.zeros((1, 32, 64))
     spread2, error2, ratio = spread_skill_by_degree(

@@ -11,20 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from scipy.special import sph_harm_y
+from support import real_harmonic
 
 REPO = Path(__file__).resolve().parents[2]
 LAT = np.linspace(-87.1875, 87.1875, 32)
 LON = np.arange(64) * 5.625
-COLAT, AZIMUTH = np.meshgrid(np.deg2rad(90.0 - LAT), np.deg2rad(LON), indexing="ij")
 INIT = np.datetime64("1990-01-01T00", "ns")
 LEAD = np.timedelta64(12, "h").astype("timedelta64[ns]")
 
 
 def harmonic(degree: int, order: int) -> np.ndarray:
-    """A real orthonormal Y_lm (cosine for order > 0, sine for < 0) from scipy's."""
-    y = sph_harm_y(degree, abs(order), COLAT, AZIMUTH)
-    return y.real if order == 0 else np.sqrt(2.0) * (y.real if order > 0 else y.imag)
+    return real_harmonic(LAT, LON, degree, order)
 
 
 def test_bands_against_closed_forms(tmp_path):

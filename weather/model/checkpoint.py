@@ -93,6 +93,7 @@ def export_checkpoint(
     metadata: dict[str, Any] | None = None,
     sampler: dict[str, Any] | None = None,
     conserve: list[str] | None = None,
+    degree_power: np.ndarray | None = None,
 ) -> Path:
     """Write an inference-only copy of a training checkpoint (EMA parameters, configs,
     normalisation, metadata; no optimiser state or raw parameters, about a third of the size).
@@ -104,6 +105,9 @@ def export_checkpoint(
       sampler: a replacement for the model config's ``sampler`` entry (the fields of
         `weather.model.sampler.SamplerConfig`): the sampler that inference uses by default.
       conserve: a replacement for the model config's ``conserve`` (`ModelConfig.conserve`).
+      degree_power: ``[degree, channel]`` the truth's climatological power per degree
+        (`weather.model.spectral.mean_degree_power`), added to (or replacing) the
+        normalisation's: the sampler's ``power_cap`` needs it.
     """
     saved = load_checkpoint(source)
     meta = dict(saved["metadata"])
@@ -116,10 +120,13 @@ def export_checkpoint(
     if conserve is not None:
         model = {k: v for k, v in configs["model"].items() if k != "conserve"}
         configs = {**configs, "model": {**model, **({"conserve": conserve} if conserve else {})}}
+    normalization = dict(saved["normalization"])
+    if degree_power is not None:
+        normalization["degree_power"] = np.asarray(degree_power, np.float32)
     return save_checkpoint(
         target,
         configs=configs,
-        normalization=saved["normalization"],
+        normalization=normalization,
         params=saved["params"],
         metadata=meta,
     )

@@ -192,6 +192,7 @@ class Forecaster:
         self.channel_spread_scales(config.sampler)  # names checked when the model is built
         self.channel_degree_factors(config.sampler)
         self.channel_degree_factors(config.sampler, state=True)
+        self.power_cap_filter(config.sampler)
 
     def channel_spread_scales(self, sampler: sampler_lib.SamplerConfig) -> np.ndarray | None:
         """`channel_spread_scales` of this model's task."""
@@ -219,6 +220,40 @@ class Forecaster:
         if factors is None:
             return None
         return spectral.degree_filter(self.latitude, self.longitude, factors)
+
+    def power_cap_filter(
+        self, sampler: sampler_lib.SamplerConfig
+    ) -> Callable[[jax.Array], jax.Array] | None:
+        """The sampler's ``power_cap`` as the ``[M, H, W, C]`` map `sample_step` applies to
+        each new state (`weather.model.spectral.power_cap_filter`); None where it is off.
+
+        Raises:
+          ValueError: a cap but no climatological spectrum in the normalisation, or a
+            ``power_cap_degree`` above the grid's truncation, naming the field.
+        """
+        if not sampler.power_cap:
+            return None
+        top = default_max_wavenumber(self.latitude.size, self.longitude.size)
+        climate = self.normalization.degree_power
+        if climate is None:
+            raise ValueError(
+                "sampler: power_cap needs the truth's climatological power per degree, which "
+                "this model's normalisation lacks; add it with 'weather export CHECKPOINT OUT "
+                "--degree-power-from ARCHIVE'"
+            )
+        if climate.shape != (top + 1, self.task.n_state):
+            raise ValueError(
+                f"normalization: degree_power is {climate.shape}, this grid and task need "
+                f"{(top + 1, self.task.n_state)} (degree, channel)"
+            )
+        if sampler.power_cap_degree > top:
+            raise ValueError(
+                f"sampler: power_cap_degree={sampler.power_cap_degree} is above this grid's "
+                f"truncation {top}"
+            )
+        return spectral.power_cap_filter(
+            self.latitude, self.longitude, climate, sampler.power_cap, sampler.power_cap_degree
+        )
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -402,6 +437,9 @@ class Forecaster:
         damping = self.deviation_filter(config, state=True)
         if damping is not None:  # the new state's finest scales, as hyperdiffusion would
             out = damping(out)
+        capped = self.power_cap_filter(config)
+        if capped is not None:  # finest scales held within the climate's power
+            out = capped(out)
         out = self.conserved(current, out)
         if self._clip:  # precipitation and humidity are never negative
             out = jnp.maximum(out, self._lower)

@@ -127,6 +127,13 @@ class SamplerConfig:
         model's fields gain spurious variance at the grid's finest scales step after step
         (z500 and t500 at degrees 16-31: 2 times the truth's power at 5 days, 4.5 at 15), which
         the deviation alone does not carry. Applied by the forecaster's sample step.
+      power_cap: where > 0, each new 12 h state's power at every degree from
+        ``power_cap_degree`` up is held at most ``power_cap`` times the truth's climatological
+        power there (per member and channel; `weather.model.spectral.power_cap_filter`, with
+        the checkpoint's ``degree_power``): unlike ``state_degree_scales`` it leaves a state
+        alone until its finest scales exceed the climate's. 0 (default): off.
+      power_cap_degree: the first degree ``power_cap`` acts on (default 16, the finest half of
+        the 5.625 deg grid's degrees, where single states' power varies least).
     """
 
     num_steps: int = 20
@@ -142,8 +149,17 @@ class SamplerConfig:
     spread_scales: tuple[tuple[str, float], ...] = ()
     degree_scales: tuple[tuple[str, int, float], ...] = ()
     state_degree_scales: tuple[tuple[str, int, float], ...] = ()
+    power_cap: float = 0.0
+    power_cap_degree: int = 16
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.power_cap) and self.power_cap >= 0):
+            raise ValueError(f"power_cap must be finite and >= 0 (0: off), got {self.power_cap}")
+        degree = self.power_cap_degree
+        whole = isinstance(degree, int | float | np.integer) and not isinstance(degree, bool)
+        if not (whole and math.isfinite(degree) and degree == int(degree) and degree >= 0):
+            raise ValueError(f"power_cap_degree must be an int >= 0, got {degree!r}")
+        object.__setattr__(self, "power_cap_degree", int(degree))  # text overrides give floats
         if not (math.isfinite(self.spread_scale) and self.spread_scale > 0):
             raise ValueError(f"spread_scale must be finite and > 0, got {self.spread_scale}")
         # JSON (checkpoint metadata) hands back lists; hashable tuples keep the config static.

@@ -110,3 +110,93 @@ def degree_filter(
         return d + jnp.einsum("...smjc,smk->...jkc", back, waves.astype(d.dtype))
 
     return apply
+
+
+def mean_degree_power(
+    latitude: np.ndarray, longitude: np.ndarray, states: np.ndarray, max_degree: int | None = None
+) -> np.ndarray:
+    """The climatological power per degree of each channel, ``[L + 1, C]`` float64.
+
+    Args:
+      latitude, longitude: the grid (degrees).
+      states: ``[T, H, W, C]`` physical fields (the truth at T times).
+      max_degree: the truncation ``L`` (default: the grid's, `default_max_wavenumber`).
+
+    Returns:
+      ``S_l`` (`SphericalTransform.power`, units of the field squared) averaged over the T
+      times; ``inf`` for a channel with any non-finite value (a field undefined somewhere, such
+      as sea-surface temperature over land, has no spectrum, so `power_cap_filter` leaves it
+      alone).
+    """
+    states = np.asarray(states, np.float64)
+    if states.ndim != 4 or states.shape[0] < 1:
+        raise ValueError(f"states: expected [time, lat, lon, channel], got {states.shape}")
+    transform = SphericalTransform.build(latitude, longitude, max_degree)
+    out = np.empty((transform.max_degree + 1, states.shape[-1]))
+    for c in range(states.shape[-1]):
+        field = states[..., c]
+        if not np.isfinite(field).all():
+            out[:, c] = np.inf
+            continue
+        out[:, c] = transform.power(field).mean(axis=0)
+    return out
+
+
+def power_cap_filter(
+    latitude: np.ndarray,
+    longitude: np.ndarray,
+    climate_power: np.ndarray,
+    cap: float,
+    first_degree: int,
+) -> Callable[[jax.Array], jax.Array]:
+    """``x [..., H, W, C] -> x`` with each degree ``l >= first_degree`` of each channel scaled
+    down to at most ``cap`` times its climatological power, and left alone where it is below.
+
+    Per field (member, channel) and degree, ``g_l = min(1, sqrt(cap * S_clim_l / S_l))``
+    multiplies the degree's coefficients: the state's power there becomes
+    ``min(S_l, cap * S_clim_l)``. The rolled-out model's fields gain spurious power at the
+    grid's finest scales step after step (z500 at degrees 16-31: twice the truth's at 5 days,
+    4.5 times at 15) while their 12 h states are right (0.98), so a fixed damping
+    (``state_degree_scales``) costs the first days what it gives the second week; a cap acts
+    only on a state whose spectrum has left the climate, and only by as much.
+
+    Args:
+      latitude, longitude: the grid (degrees).
+      climate_power: ``[L + 1, C]``, `mean_degree_power` of the truth (``inf``: never capped).
+      cap: the largest power allowed, in multiples of the climatological one (> 0).
+      first_degree: degrees below it are never touched (their power varies far more from one
+        state to the next: degree ``l`` has only ``2l + 1`` coefficients).
+    """
+    climate = np.asarray(climate_power, np.float64)
+    if climate.ndim != 2:
+        raise ValueError(f"climate_power: expected [degree, channel], got {climate.shape}")
+    if not (np.isfinite(cap) and cap > 0):
+        raise ValueError(f"cap must be finite and > 0, got {cap}")
+    top = climate.shape[0] - 1
+    if not 0 <= first_degree <= top:
+        raise ValueError(f"first_degree must be in [0, {top}] for this grid, got {first_degree}")
+    transform = SphericalTransform.build(latitude, longitude, max_degree=top)
+    fourier = jnp.asarray(transform.fourier, jnp.float32)  # [2, m, W]
+    table = jnp.asarray(transform.table, jnp.float32)  # [m, l, H]
+    legendre = jnp.asarray(transform.legendre, jnp.float32)  # [m, l, H]
+    waves = jnp.asarray(transform.waves, jnp.float32)  # [2, m, W]
+    limit = np.where(np.arange(top + 1)[:, None] >= first_degree, cap * climate, np.inf)
+    # In units of 4 pi S (the coefficients' sum of squares), float32: inf stays inf.
+    allowed = jnp.asarray(4.0 * np.pi * limit, jnp.float32)  # [l, C]
+
+    def apply(x: jax.Array) -> jax.Array:
+        finite = jnp.where(jnp.isfinite(x), x, 0.0)
+        rows = jnp.einsum("...jkc,smk->...smjc", finite, fourier.astype(x.dtype))
+        coefficients = jnp.einsum("...smjc,mlj->...smlc", rows, table.astype(x.dtype))
+        power = jnp.sum(coefficients * coefficients, axis=(-4, -3))  # [..., l, C]
+        # g - 1 where the power exceeds the limit, else exactly 0 (nothing changes there).
+        gain = jnp.where(
+            power > allowed,
+            jnp.sqrt(allowed / jnp.maximum(power, jnp.finfo(x.dtype).tiny)) - 1.0,
+            0.0,
+        )
+        coefficients = coefficients * gain[..., None, None, :, :]
+        back = jnp.einsum("...smlc,mlj->...smjc", coefficients, legendre.astype(x.dtype))
+        return x + jnp.einsum("...smjc,smk->...jkc", back, waves.astype(x.dtype))
+
+    return apply

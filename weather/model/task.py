@@ -335,6 +335,10 @@ class Normalization:
         temperature over land, True elsewhere; `valid_mask`), or None when every channel is
         defined everywhere. Kept with the model (a checkpoint's normalisation): inputs are
         filled with the mean and outputs set to NaN where a channel is undefined.
+      degree_power: ``[degree, channel]`` the truth's mean power per spherical-harmonic degree
+        (`weather.model.spectral.mean_degree_power`, units of the channel squared; ``inf`` for
+        a channel undefined somewhere), or None; the sampler's ``power_cap`` needs it
+        (``weather export --degree-power-from ARCHIVE`` adds it to a checkpoint).
     """
 
     mean: np.ndarray
@@ -343,6 +347,7 @@ class Normalization:
     static_mean: np.ndarray
     static_std: np.ndarray
     valid: np.ndarray | None = None
+    degree_power: np.ndarray | None = None
 
     @classmethod
     def from_statistics(cls, task: TaskConfig, stats: xr.Dataset) -> Normalization:
