@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import itertools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,7 @@ def _ideal_samples(
     seed: int,
     n: int,
     spread_scale: np.ndarray | None = None,
+    deviation_filter: Callable[[jax.Array], jax.Array] | None = None,
 ) -> np.ndarray:
     """[n, DIM] samples of the ideal denoiser's data with ``config``, one per key split from
     ``seed``."""
@@ -66,6 +68,7 @@ def _ideal_samples(
         config=config,
         noise_fn=jax.random.normal,
         spread_scale=spread_scale,
+        deviation_filter=deviation_filter,
     )
     return np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), n)))
 
@@ -449,16 +452,7 @@ def test_the_deviation_filter_acts_on_the_deviation_from_the_first_estimate(solv
 
     def draw(tau, deviation_filter=None):
         config = sampler.SamplerConfig(num_steps=6, solver=solver, spread_scale=tau)
-        one = functools.partial(
-            sampler.sample,
-            _ideal_denoiser(mu, q),
-            shape=(DIM,),
-            config=config,
-            noise_fn=jax.random.normal,
-            deviation_filter=deviation_filter,
-        )
-        keys = jax.random.split(jax.random.key(11), 64)
-        return np.asarray(jax.jit(jax.vmap(one))(keys))
+        return _ideal_samples(mu, q, config, 11, 64, deviation_filter=deviation_filter)
 
     full, tiny = draw(1.0), draw(1e-6)  # tiny: D_0 up to 1e-6 of the deviation
     got = draw(0.5, lambda d: d @ mixing.T)
