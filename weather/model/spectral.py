@@ -95,21 +95,35 @@ def degree_filter(
         with the grid's default ``L``).
     """
     factors = np.asarray(factors, np.float64)
-    transform = SphericalTransform.build(latitude, longitude, max_degree=factors.shape[0] - 1)
+    analyse, synthesize = _transforms(latitude, longitude, factors.shape[0] - 1)
+    gain = jnp.asarray(factors - 1.0, jnp.float32)  # [l, C]
+
+    def apply(d: jax.Array) -> jax.Array:
+        return d + synthesize(analyse(d) * gain.astype(d.dtype))
+
+    return apply
+
+
+def _transforms(
+    latitude: np.ndarray, longitude: np.ndarray, max_degree: int
+) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
+    """The float32 analysis ``[..., H, W, C] -> [..., 2, m, l, C]`` and synthesis (its
+    inverse for degrees ``<= max_degree``) of `SphericalTransform`, channels last."""
+    transform = SphericalTransform.build(latitude, longitude, max_degree=max_degree)
     fourier = jnp.asarray(transform.fourier, jnp.float32)  # [2, m, W]
     table = jnp.asarray(transform.table, jnp.float32)  # [m, l, H]
     legendre = jnp.asarray(transform.legendre, jnp.float32)  # [m, l, H]
     waves = jnp.asarray(transform.waves, jnp.float32)  # [2, m, W]
-    gain = jnp.asarray(factors - 1.0, jnp.float32)  # [l, C]
 
-    def apply(d: jax.Array) -> jax.Array:
-        rows = jnp.einsum("...jkc,smk->...smjc", d, fourier.astype(d.dtype))
-        coefficients = jnp.einsum("...smjc,mlj->...smlc", rows, table.astype(d.dtype))
-        coefficients = coefficients * gain.astype(d.dtype)
-        back = jnp.einsum("...smlc,mlj->...smjc", coefficients, legendre.astype(d.dtype))
-        return d + jnp.einsum("...smjc,smk->...jkc", back, waves.astype(d.dtype))
+    def analyse(x: jax.Array) -> jax.Array:
+        rows = jnp.einsum("...jkc,smk->...smjc", x, fourier.astype(x.dtype))
+        return jnp.einsum("...smjc,mlj->...smlc", rows, table.astype(x.dtype))
 
-    return apply
+    def synthesize(a: jax.Array) -> jax.Array:
+        back = jnp.einsum("...smlc,mlj->...smjc", a, legendre.astype(a.dtype))
+        return jnp.einsum("...smjc,smk->...jkc", back, waves.astype(a.dtype))
+
+    return analyse, synthesize
 
 
 def mean_degree_power(
@@ -175,19 +189,13 @@ def power_cap_filter(
     top = climate.shape[0] - 1
     if not 0 <= first_degree <= top:
         raise ValueError(f"first_degree must be in [0, {top}] for this grid, got {first_degree}")
-    transform = SphericalTransform.build(latitude, longitude, max_degree=top)
-    fourier = jnp.asarray(transform.fourier, jnp.float32)  # [2, m, W]
-    table = jnp.asarray(transform.table, jnp.float32)  # [m, l, H]
-    legendre = jnp.asarray(transform.legendre, jnp.float32)  # [m, l, H]
-    waves = jnp.asarray(transform.waves, jnp.float32)  # [2, m, W]
+    analyse, synthesize = _transforms(latitude, longitude, top)
     limit = np.where(np.arange(top + 1)[:, None] >= first_degree, cap * climate, np.inf)
     # In units of 4 pi S (the coefficients' sum of squares), float32: inf stays inf.
     allowed = jnp.asarray(4.0 * np.pi * limit, jnp.float32)  # [l, C]
 
     def apply(x: jax.Array) -> jax.Array:
-        finite = jnp.where(jnp.isfinite(x), x, 0.0)
-        rows = jnp.einsum("...jkc,smk->...smjc", finite, fourier.astype(x.dtype))
-        coefficients = jnp.einsum("...smjc,mlj->...smlc", rows, table.astype(x.dtype))
+        coefficients = analyse(jnp.where(jnp.isfinite(x), x, 0.0))
         power = jnp.sum(coefficients * coefficients, axis=(-4, -3))  # [..., l, C]
         # g - 1 where the power exceeds the limit, else exactly 0 (nothing changes there).
         gain = jnp.where(
@@ -195,8 +203,6 @@ def power_cap_filter(
             jnp.sqrt(allowed / jnp.maximum(power, jnp.finfo(x.dtype).tiny)) - 1.0,
             0.0,
         )
-        coefficients = coefficients * gain[..., None, None, :, :]
-        back = jnp.einsum("...smlc,mlj->...smjc", coefficients, legendre.astype(x.dtype))
-        return x + jnp.einsum("...smjc,smk->...jkc", back, waves.astype(x.dtype))
+        return x + synthesize(coefficients * gain[..., None, None, :, :])
 
     return apply
