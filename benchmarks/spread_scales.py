@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from compare_evaluations import CALIBRATED, mean_of_runs, open_runs
+from compare_evaluations import CALIBRATED, _fields, mean_of_runs, open_runs
 
 
 def _pair(text: str, name: str) -> tuple[float, float]:
@@ -54,15 +54,10 @@ def _pair(text: str, name: str) -> tuple[float, float]:
 def channel_spread_skill(scores: xr.Dataset) -> dict[str, np.ndarray]:
     """``{channel: spread/skill[lead]}`` of the ``model`` forecaster, channels named as the
     sampler names them (``temperature@850``, ``surface_pressure``)."""
-    model = scores.sel(model="model", metric="spread_skill")
-    out: dict[str, np.ndarray] = {}
-    for name, field in model.data_vars.items():
-        if "level" in field.dims:
-            for level in field["level"].values:
-                out[f"{name}@{int(level)}"] = np.asarray(field.sel(level=level), np.float64)
-        else:
-            out[str(name)] = np.asarray(field, np.float64)
-    return out
+    return {
+        name if level is None else f"{name}@{level}": values
+        for (name, level), values in _fields(scores, "spread_skill").items()
+    }
 
 
 def refit(
