@@ -368,7 +368,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=1,
         help="with --rollout-inputs, the model's own 12 h steps that make the inputs: 1 "
-        "replaces the current state, 2 both input states, as in a rollout (default 1)",
+        "replaces the current state, 2 both input states, as in a rollout; D > 2 rolls out D "
+        "steps, so the inputs are those of a 12h x D forecast (default 1)",
     )
     p.add_argument(
         "--snapshot-every",

@@ -202,6 +202,7 @@ def test_rollout_inputs_train_on_the_ema_models_own_forecast_of_the_current_stat
     )
     for name, value in plain.items():  # the three-state batch's last two states are the task's
         np.testing.assert_array_equal(arrays[name], value)
+    np.testing.assert_array_equal(arrays["rollout_start"][:, 1], arrays["previous"])
     static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster.task)))
     params = forecaster.init_params(jax.random.key(1))
     # EMA != params in every leaf (the output layer starts at zero, so scaling would not do):
@@ -222,9 +223,9 @@ def test_rollout_inputs_train_on_the_ema_models_own_forecast_of_the_current_stat
     own = forecaster.sample_step(
         ema,
         jax.random.split(jax.random.fold_in(key, 11), k),
-        arrays["earlier"][:k],
+        arrays["rollout_start"][:k, 0],
         arrays["previous"][:k],
-        arrays["earlier_forcings"][:k],
+        arrays["rollout_forcings"][:k, 0],
         static,
     )
     # The model's forecast is not the truth (an untrained network), so the lever changes the step.
@@ -242,12 +243,15 @@ def test_rollout_inputs_train_on_the_ema_models_own_forecast_of_the_current_stat
         TrainConfig(batch_size=2, rollout_inputs=3)
 
 
-def test_rollout_depth_2_makes_both_inputs_the_ema_models_own_chained_forecasts(
-    archive, statistics
+@pytest.mark.parametrize("depth", [2, 3])
+def test_rollout_depth_makes_both_inputs_the_ema_models_own_chained_forecasts(
+    archive, statistics, depth
 ):
-    """With rollout_depth=2 the step equals the plain step on a batch whose first k previous
-    states are the EMA model's forecasts of x(t - 12h) from (x(t - 36h), x(t - 24h)) and whose
-    current states are its forecasts of x(t) from (x(t - 24h), that forecast)."""
+    """With rollout_depth=d >= 2 the step equals the plain step on a batch whose first k
+    input states are the EMA model's own: from the truth's (x(t - 12h (d + 1)), x(t - 12h d))
+    it forecasts x(t - 12h (d - 1)), then each next state from the two before, to x(t); the
+    last two forecasts replace (x(t - 12h), x(t)). The step that makes x(t) draws with
+    fold_in(key, 11), each earlier one with the next integer."""
     import jax.numpy as jnp
 
     from weather.data.times import STEP
@@ -259,26 +263,30 @@ def test_rollout_depth_2_makes_both_inputs_the_ema_models_own_chained_forecasts(
     norm = Normalization.from_statistics(model.task, statistics)
     lat, lon = archive["latitude"].values, archive["longitude"].values
     forecaster = Forecaster(model, norm, lat, lon)
-    windows = task_windows(archive, model.task, PERIOD, 3, seed=0, input_steps=4)
+    windows = task_windows(archive, model.task, PERIOD, 3, seed=0, input_steps=2 + depth)
     batch = windows.load([0, 4, 7])
     arrays = {k: jnp.asarray(v) for k, v in batch_arrays(batch, forecaster).items()}
-    three = task_windows(archive, model.task, PERIOD, 3, seed=0, input_steps=3)
-    shorter = batch_arrays(
-        three.load(np.searchsorted(three.anchors, windows.anchors[[0, 4, 7]])), forecaster
+    plain_windows = task_windows(archive, model.task, PERIOD, 3, seed=0)
+    plain = batch_arrays(
+        plain_windows.load(np.searchsorted(plain_windows.anchors, windows.anchors[[0, 4, 7]])),
+        forecaster,
     )
-    for name, value in shorter.items():  # the last three states are the three-state batch's
+    for name, value in plain.items():  # the last two states are the plain batch's
         np.testing.assert_array_equal(arrays[name], value)
-    # The oldest state is the archive's at t - 36h, its forcings those of (t - 24h, t - 12h).
+    # The rollout starts from the archive's states at t - 12h (d + 1) and t - 12h d; step j
+    # forecasts tau = t - 12h (d - 1 - j) with the forcings of (tau - 12h, tau).
     t = np.asarray(batch["time"], dtype="datetime64[ns]")
     level = forecaster.task.levels[0]
     channel = forecaster.task.channel_names().index(f"temperature@{level}")
     for i, ti in enumerate(t):
-        field = archive["temperature"].sel(time=ti - 3 * STEP, level=level).values
-        np.testing.assert_array_equal(arrays["earliest"][i, ..., channel], field)
-    want_forcings = forcing_channels(
-        forecaster.task, np.stack([t - 2 * STEP, t - STEP], -1), lon, lat
-    )
-    np.testing.assert_array_equal(arrays["earliest_forcings"], want_forcings)
+        for s, back in enumerate((depth + 1, depth)):
+            field = archive["temperature"].sel(time=ti - back * STEP, level=level).values
+            np.testing.assert_array_equal(arrays["rollout_start"][i, s, ..., channel], field)
+    assert arrays["rollout_forcings"].shape[1] == depth
+    for j in range(depth):
+        tau = t - (depth - 1 - j) * STEP
+        want_forcings = forcing_channels(forecaster.task, np.stack([tau - STEP, tau], -1), lon, lat)
+        np.testing.assert_array_equal(arrays["rollout_forcings"][:, j], want_forcings)
 
     static = forecaster.normalize_static(jnp.asarray(static_channels(archive, forecaster.task)))
     leaves, treedef = jax.tree_util.tree_flatten(forecaster.init_params(jax.random.key(1)))
@@ -302,24 +310,23 @@ def test_rollout_depth_2_makes_both_inputs_the_ema_models_own_chained_forecasts(
         copy = jax.tree_util.tree_map(jnp.copy, (params, ema))
         return fn(*copy, optimizer.init(params), key, batch, static, jnp.int32(5))
 
-    config = TrainConfig(steps=10, batch_size=3, warmup_steps=1, rollout_inputs=k, rollout_depth=2)
+    config = TrainConfig(
+        steps=10, batch_size=3, warmup_steps=1, rollout_inputs=k, rollout_depth=depth
+    )
     got = run(config, arrays)
-    own_previous = forecaster.sample_step(
-        ema,
-        jax.random.split(jax.random.fold_in(key, 12), k),
-        arrays["earliest"][:k],
-        arrays["earlier"][:k],
-        arrays["earliest_forcings"][:k],
-        static,
-    )
-    own = forecaster.sample_step(
-        ema,
-        jax.random.split(jax.random.fold_in(key, 11), k),
-        arrays["earlier"][:k],
-        own_previous,
-        arrays["earlier_forcings"][:k],
-        static,
-    )
+    states = [arrays["rollout_start"][:k, 0], arrays["rollout_start"][:k, 1]]
+    for j, fold in enumerate(range(10 + depth, 10, -1)):  # 12, 11 for d = 2; 13, 12, 11 for 3
+        states.append(
+            forecaster.sample_step(
+                ema,
+                jax.random.split(jax.random.fold_in(key, fold), k),
+                states[-2],
+                states[-1],
+                arrays["rollout_forcings"][:k, j],
+                static,
+            )
+        )
+    own_previous, own = states[-2], states[-1]
     assert float(jnp.abs(own_previous - arrays["previous"][:k]).max()) > 1.0
     replaced = dict(
         arrays,
@@ -334,8 +341,11 @@ def test_rollout_depth_2_makes_both_inputs_the_ema_models_own_chained_forecasts(
         jax.tree_util.tree_leaves(got[0]), jax.tree_util.tree_leaves(want[0]), strict=True
     ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    for bad in (0, 3):
-        with pytest.raises(ValueError, match="rollout_depth"):
+
+
+def test_rollout_depth_below_one_is_refused():
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="rollout_depth: must be >= 1"):
             TrainConfig(rollout_depth=bad)
 
 

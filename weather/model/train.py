@@ -84,8 +84,10 @@ class TrainConfig:
         inputs: 1 replaces ``x(t)`` only (the truth's ``x(t - 12h)`` stays beside it), 2 also
         replaces ``x(t - 12h)`` by its forecast from ``(x(t - 36h), x(t - 24h))`` and then
         forecasts ``x(t)`` from ``(x(t - 24h), x̂(t - 12h))``, so that both inputs are the
-        model's, as they are in a rollout from its third step on. Windows then hold
-        ``2 + rollout_depth`` input states.
+        model's, as they are in a rollout from its third step on; ``d > 2`` rolls out ``d``
+        steps from ``(x(t - 12h (d + 1)), x(t - 12h d))``, so the loss sees the states of a
+        ``12h d`` forecast, as the second week's steps do. Windows then hold
+        ``2 + rollout_depth`` input states; each step costs one sampler call per row.
       snapshot_every: keep an inference-only copy of the EMA parameters every this many steps
         in ``<run>/snapshots/step_NNNNNNN.msgpack`` (0: none), for the learning curve.
       prefetch: training batches loaded ahead in a background thread.
@@ -136,8 +138,8 @@ class TrainConfig:
                 f"rollout_inputs: must be in [0, batch_size] = [0, {self.batch_size}], "
                 f"got {self.rollout_inputs}"
             )
-        if self.rollout_depth not in (1, 2):
-            raise ValueError(f"rollout_depth: must be 1 or 2, got {self.rollout_depth}")
+        if self.rollout_depth < 1:
+            raise ValueError(f"rollout_depth: must be >= 1, got {self.rollout_depth}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every: must be >= 0, got {self.snapshot_every}")
         if any(not (np.isfinite(s) and s > 0) for s in self.validation_sigmas):
@@ -190,11 +192,12 @@ def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
     """A windows batch as the model's arrays (physical units, channels last).
 
     ``previous``, ``current``, ``target``: ``[B, H, W, C]`` at ``t - 12h``, ``t``, ``t + 12h``;
-    ``forcings``: ``[B, H, W, F]`` at ``(t, t + 12h)``. A batch with three input states also
-    gives ``earlier`` (``t - 24h``) and ``earlier_forcings`` (at ``(t - 12h, t)``): what the
-    model's own forecast of ``x(t)`` is made from; one with four also ``earliest``
-    (``t - 36h``) and ``earliest_forcings`` (at ``(t - 24h, t - 12h)``), for its forecast of
-    ``x(t - 12h)``.
+    ``forcings``: ``[B, H, W, F]`` at ``(t, t + 12h)``. A batch with ``n >= 3`` input states
+    (``t - 12h (n - 1)`` to ``t``) also gives what the model's own rollout to ``x(t)`` is made
+    from: ``rollout_start`` ``[B, 2, H, W, C]``, the two oldest states (``t - 12h (n - 1)``
+    and ``t - 12h (n - 2)``), and ``rollout_forcings`` ``[B, n - 2, H, W, F]``, the forcings
+    of each 12 h step from there to ``t`` (step ``j`` forecasts the state at
+    ``tau = t - 12h (n - 3 - j)`` with the forcings at ``(tau - 12h, tau)``).
     """
     task = forecaster.task
     inputs = batch["inputs"]
@@ -212,12 +215,14 @@ def batch_arrays(batch: Batch, forecaster: Forecaster) -> dict[str, np.ndarray]:
         "forcings": forcing_channels(task, np.stack([t, t + STEP], -1), lon, lat),
     }
     if steps >= 3:
-        arrays["earlier"] = state(steps - 3)
-        arrays["earlier_forcings"] = forcing_channels(task, np.stack([t - STEP, t], -1), lon, lat)
-    if steps >= 4:
-        arrays["earliest"] = state(steps - 4)
-        arrays["earliest_forcings"] = forcing_channels(
-            task, np.stack([t - 2 * STEP, t - STEP], -1), lon, lat
+        arrays["rollout_start"] = np.stack([state(0), state(1)], axis=1)
+        # Step j forecasts tau = t - (steps - 3 - j) 12h, the last one (j = steps - 3) x(t).
+        arrays["rollout_forcings"] = np.stack(
+            [
+                forcing_channels(task, np.stack([tau - STEP, tau], -1), lon, lat)
+                for tau in (t - (steps - 3 - j) * STEP for j in range(steps - 2))
+            ],
+            axis=1,
         )
     return arrays
 
@@ -300,30 +305,26 @@ def train_step(forecaster: Forecaster, config: TrainConfig) -> Callable[..., Any
     def step(params, ema, opt_state, key, arrays, static, step_number):
         previous, current = arrays["previous"], arrays["current"]
         if config.rollout_inputs:
-            # The deployed model (EMA weights, its own sampler) forecasts x(t) for the first
-            # rows; only the loss's parameters are differentiated, so this is a constant.
-            k = config.rollout_inputs
-            own_previous = previous[:k]
-            if config.rollout_depth == 2:
-                # Its own x(t - 12h) first (a key of its own: depth 1 keeps the draws it had).
-                own_previous = forecaster.sample_step(
+            # The deployed model (EMA weights, its own sampler) rolls out from the two oldest
+            # states for the first rows; only the loss's parameters are differentiated, so its
+            # states are constants. The step that makes x(t) draws with fold_in(key, 11), the
+            # one before it with fold_in(key, 12) and so on, so that each depth keeps the draws
+            # the shallower depths had.
+            k, depth = config.rollout_inputs, config.rollout_depth
+            older, newer = arrays["rollout_start"][:k, 0], arrays["rollout_start"][:k, 1]
+            for j in range(depth):
+                own = forecaster.sample_step(
                     ema,
-                    jax.random.split(jax.random.fold_in(key, 12), k),
-                    arrays["earliest"][:k],
-                    arrays["earlier"][:k],
-                    arrays["earliest_forcings"][:k],
+                    jax.random.split(jax.random.fold_in(key, 11 + depth - 1 - j), k),
+                    older,
+                    newer,
+                    arrays["rollout_forcings"][:k, j],
                     static,
                 )
-                previous = jnp.concatenate([own_previous, previous[k:]], axis=0)
-            own = forecaster.sample_step(
-                ema,
-                jax.random.split(jax.random.fold_in(key, 11), k),
-                arrays["earlier"][:k],
-                own_previous,
-                arrays["earlier_forcings"][:k],
-                static,
-            )
-            current = jnp.concatenate([own, current[k:]], axis=0)
+                older, newer = newer, own
+            if depth >= 2:
+                previous = jnp.concatenate([older, previous[k:]], axis=0)
+            current = jnp.concatenate([newer, current[k:]], axis=0)
         if config.input_noise:
             # A key of its own: without input noise the loss sees exactly the key it always did.
             previous, current = forecaster.perturb_inputs(
