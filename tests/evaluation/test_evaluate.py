@@ -130,6 +130,36 @@ def test_evaluation_scores_model_and_baselines_and_resumes(archive, checkpoint, 
     assert table.splitlines()[0].endswith("| 12 h | 1 d |")
 
 
+def test_forecasters_scored_one_call_at_a_time_share_one_scores_file(archive, checkpoint, tmp_path):
+    """A forecaster scored later on the same inits joins the earlier ones in scores.nc (and the
+    regional file) with the scores a joint call gives; other inits replace them."""
+    config = EvaluationConfig(out_dir=tmp_path, lead_hours=24, members=2)
+    inits = spaced_inits(archive, 2, 3.0, 24, None)
+    run_forecaster(config, "model", DiffusionModel(checkpoint), archive, inits)
+    run_forecaster(config, "persistence", Persistence(), archive, inits)
+    joint = score(config, ["model", "persistence"], archive, inits)
+    joint_regional = xr.open_dataset(tmp_path / "scores_by_region.nc").load()
+
+    score(config, ["model"], archive, inits)
+    later = score(config, ["persistence"], archive, inits)
+    assert list(later["model"].values) == ["model", "persistence"]
+    xr.testing.assert_allclose(later, joint)
+    with xr.open_dataset(tmp_path / "scores.nc") as stored:
+        xr.testing.assert_allclose(stored.load(), joint)
+    with xr.open_dataset(tmp_path / "scores_by_region.nc") as stored:
+        xr.testing.assert_allclose(stored.load(), joint_regional)
+    again = score(config, ["model"], archive, inits)  # scored again: replaced, order kept
+    assert list(again["model"].values) == ["model", "persistence"]
+    xr.testing.assert_allclose(again, joint)
+
+    # The first init alone (one half of a split evaluation): the two-init scores go.
+    half = score(config, ["model"], archive, inits[:1])
+    assert list(half["model"].values) == ["model"]
+    assert half.attrs["inits"] == 1
+    with xr.open_dataset(tmp_path / "scores.nc") as stored:
+        assert list(stored["model"].values) == ["model"]
+
+
 def _synthetic_scores() -> xr.Dataset:
     """Scores of three models: temperature (lead x level) and surface pressure (lead)."""
     leads = np.array([12, 24], "timedelta64[h]").astype("timedelta64[ns]")

@@ -9,7 +9,9 @@ is kept):
 - ``settings.json``: what the forecasts were made with (`check_settings`);
 - ``scores.nc``: dims ``(model, metric, lead_time[, level])``, one data variable per forecast
   variable, scored with `weather.scoring.batch.score_archive` against the analysis archive:
-  global means;
+  global means; forecasters scored by an earlier call on the same init times, members and
+  leads stay in it beside the ones scored now (`score`), so forecasters run one call at a time
+  end up in one table;
 - ``scores_by_region.nc``: the same scores per WeatherBench2 region
   (`weather.scoring.regions.HEADLINE_REGIONS`: global, tropics, extra-tropics-north and -south),
   dims ``(model, metric, region, lead_time[, level])``.
@@ -263,6 +265,12 @@ def score(
     written to ``scores_by_region.nc``, dims ``(model, metric, region, lead_time[, level])``;
     empty ``regions``: no such file (an older one is removed, so that it never describes other
     forecasts).
+
+    Forecasters that an earlier call scored into these files on exactly the same init times,
+    members and leads (say ``--models model`` first, ``--models physics`` later) are kept
+    beside the ones scored now, in their order, followed by the new ones; a forecaster scored
+    again replaces its earlier scores. Scores of other init times (another half of a split
+    evaluation) are replaced, never mixed in. The returned scores are the file's.
     """
     from weather.scoring.batch import score_archive
     from weather.scoring.regions import GLOBAL, HEADLINE_REGIONS, named_regions
@@ -292,20 +300,44 @@ def score(
         inits=len(inits),
         first_init=str(inits[0]),
         last_init=str(inits[-1]),
+        init_times=" ".join(np.datetime_as_string(np.asarray(inits), unit="m")),
         members=config.members,
         crps_note="fair CRPS for ensembles; for one member, its mean absolute error",
     )
     joined = by_region.sel(region=GLOBAL.name, drop=True)
     joined.attrs["description"] = "latitude-area weighted global means, averaged over init times"
+    joined = _with_earlier_scores(joined, config.out_dir / "scores.nc")
     with replacing(config.out_dir / "scores.nc") as tmp:
         joined.to_netcdf(tmp)
     regional = config.out_dir / REGIONAL_SCORES
     if chosen:
+        by_region = _with_earlier_scores(by_region, regional)
         with replacing(regional) as tmp:
             by_region.to_netcdf(tmp)
     else:
         regional.unlink(missing_ok=True)
     return joined
+
+
+def _with_earlier_scores(scores: xr.Dataset, path: Path) -> xr.Dataset:
+    """``scores`` with the forecasters of the scores file at ``path`` that it lacks, where that
+    file describes the same init times, members, leads and regions (else ``scores`` alone)."""
+    if not path.exists():
+        return scores
+    with xr.open_dataset(path) as opened:
+        earlier = opened.load()
+    same = all(earlier.attrs.get(k) == scores.attrs[k] for k in ("init_times", "members"))
+    for dim in ("lead_time", "region"):
+        if dim in scores.dims:
+            same = same and dim in earlier.dims and earlier[dim].equals(scores[dim])
+    kept = [m for m in earlier["model"].values if m not in scores["model"].values]
+    if not same or not kept:
+        return scores
+    order = [m for m in earlier["model"].values if m in kept or m in scores["model"].values]
+    order += [m for m in scores["model"].values if m not in order]
+    merged = xr.concat([earlier.sel(model=kept), scores], dim="model", join="outer")
+    merged.attrs = scores.attrs
+    return merged.sel(model=order)
 
 
 def evaluate(
